@@ -1,0 +1,43 @@
+"""adaptformer: AdaptFormer (NeurIPS 2022) for timm Vision Transformers.
+
+AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
+(Chen et al., https://arxiv.org/abs/2205.13535; reference code
+https://github.com/ShoufaChen/AdaptFormer).
+"""
+
+from .checkpoints import create_backbone, load_backbone_weights, read_state_dict
+from .config import METHODS, AdapterConfig
+from .inject import delete_adapter, disable_adapters, get_head, inject, set_adapter
+from .methods import (
+    ParamCount,
+    adapter_parameters,
+    backbone_parameters,
+    count_parameters,
+    mark_trainable,
+    trainable_parameters,
+)
+from .state import load_adapter, read_adapter_config, save_adapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AdapterConfig",
+    "ParamCount",
+    "adapter_parameters",
+    "backbone_parameters",
+    "count_parameters",
+    "create_backbone",
+    "delete_adapter",
+    "disable_adapters",
+    "get_head",
+    "inject",
+    "load_adapter",
+    "load_backbone_weights",
+    "mark_trainable",
+    "read_adapter_config",
+    "read_state_dict",
+    "save_adapter",
+    "set_adapter",
+    "trainable_parameters",
+]

@@ -1,0 +1,129 @@
+"""Which parameters train, decided by the model's structure, never by checkpoint key names.
+
+The reference code trains "whatever the checkpoint did not contain", so an unconverted
+checkpoint silently leaves the backbone random and trainable. Here each method names the
+modules it trains, and everything else is frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import METHODS
+from .inject import AdaptedBlock, adapter_state, unwrap
+from .layers import LoRALinear
+
+_log = logging.getLogger(__name__)
+
+
+def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
+    """The parameters adapter ``name`` added to the backbone (AdaptMLP, prompts, LoRA)."""
+    model = unwrap(model)
+    out: dict[str, nn.Parameter] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, AdaptedBlock):
+            if name in m.adaptmlp:
+                for k, p in m.adaptmlp[name].named_parameters():
+                    out[f"{path}.adaptmlp.{name}.{k}"] = p
+            if name in m.prompts:
+                out[f"{path}.prompts.{name}"] = m.prompts[name]
+        elif isinstance(m, LoRALinear) and name in m.lora_A:
+            out[f"{path}.lora_A.{name}.weight"] = m.lora_A[name].weight
+            out[f"{path}.lora_B.{name}.weight"] = m.lora_B[name].weight
+    return out
+
+
+def _task_parameter_ids(model: nn.Module) -> set[int]:
+    """Ids of every parameter that belongs to some task (adapters and heads), not the backbone."""
+    state = adapter_state(model)
+    ids = {id(p) for name in state.configs for p in adapter_parameters(model, name).values()}
+    ids |= {id(p) for p in model.head.parameters()}
+    if hasattr(model, "task_heads"):
+        ids |= {id(p) for p in model.task_heads.parameters()}
+    return ids
+
+
+def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The pretrained backbone's parameters: everything that is not an adapter or a head."""
+    model = unwrap(model)
+    if hasattr(model, "adaptformer"):
+        task = _task_parameter_ids(model)
+    else:
+        task = {id(p) for p in model.get_classifier().parameters()}
+    return {k: p for k, p in model.named_parameters() if id(p) not in task}
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Trainable vs. total parameters; ``backbone`` excludes every adapter and head."""
+
+    trainable: int
+    total: int
+    backbone: int
+
+    @property
+    def trainable_percent(self) -> float:
+        """Trainable parameters as a percentage of the backbone (the paper's convention)."""
+        return 100.0 * self.trainable / max(self.backbone, 1)
+
+    def __str__(self) -> str:
+        return (
+            f"trainable {self.trainable:,} / total {self.total:,} parameters "
+            f"({self.trainable_percent:.2f}% of the {self.backbone:,}-parameter backbone)"
+        )
+
+
+def count_parameters(model: nn.Module) -> ParamCount:
+    model = unwrap(model)
+    params = list(model.parameters())
+    return ParamCount(
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        total=sum(p.numel() for p in params),
+        backbone=sum(p.numel() for p in backbone_parameters(model).values()),
+    )
+
+
+def trainable_parameters(
+    model: nn.Module, method: str, name: str | None = None
+) -> list[nn.Parameter]:
+    """The parameters ``method`` trains for task ``name`` (default: the active task).
+
+    Only that task's adapter and head: other tasks in the same model stay frozen. ``full`` and
+    ``bitfit`` also train (shared) backbone weights, which changes every task.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    model = unwrap(model)
+    state = adapter_state(model)
+    name = name or state.active
+    if name != state.active:
+        raise ValueError(f"task {name!r} is not active; call set_adapter(model, {name!r}) first")
+    head = list(model.head.parameters())
+    if method in ("adaptformer", "vpt", "lora"):
+        own = list(adapter_parameters(model, name).values())
+        if not own:
+            raise ValueError(
+                f"method {method!r} needs adapter {name!r} injected with method={method!r} "
+                f"(it was injected as {state.configs[name].method!r})"
+            )
+        return own + head
+    if method == "linear":
+        return head
+    backbone = backbone_parameters(model)
+    if method == "full":
+        return list(backbone.values()) + head
+    # bitfit: every bias of the backbone
+    return [p for k, p in backbone.items() if k.endswith("bias")] + head
+
+
+def mark_trainable(model: nn.Module, method: str, name: str | None = None) -> ParamCount:
+    """Freeze everything, then unfreeze what ``method`` trains; log and return the counts."""
+    chosen = {id(p) for p in trainable_parameters(model, method, name)}
+    for p in unwrap(model).parameters():
+        p.requires_grad_(id(p) in chosen)
+    counts = count_parameters(model)
+    _log.info("%s: %s", method, counts)
+    return counts

@@ -1,0 +1,55 @@
+"""Shared fixtures: seeds, the ../shared real assets (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADAPTFORMER_SHARED", REPO.parent / "shared")).resolve()
+BACKBONE = SHARED / "assets" / "vit_small_patch14_dinov2.imgfocus.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same seeds, so failures reproduce."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(
+            f"needs the shared real assets at {path} (set ADAPTFORMER_SHARED to the folder "
+            "that holds assets/ and data/; CI provides it)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def shared_backbone() -> Path:
+    """The real pretrained ViT-S/14 (DINOv2 architecture) in timm format, float16."""
+    return _need(BACKBONE)
+
+
+@pytest.fixture(scope="session")
+def imagenette_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared Imagenette subset, unpacked once per test session into a temp dir."""
+    import tarfile
+
+    tar = _need(SHARED / "data" / "imagenette.tar")
+    dest = tmp_path_factory.mktemp("data")
+    with tarfile.open(tar) as tf:
+        tf.extractall(dest, filter="data")
+    return dest / "imagenette"
