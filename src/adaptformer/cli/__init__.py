@@ -12,7 +12,13 @@ import logging
 import sys
 
 # Subcommand modules, in the order ``adaptformer --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = (
+    "train",
+    "eval",
+    "predict",
+    "models",
+    "convert_onnx",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. User errors print one line and exit 2; a NaN loss exits 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    from ..data.safe import UnreadableImageError
+    from ..engine import NonFiniteLossError
+    from ..errors import UserFacingError
+
+    try:
+        return int(args.func(args) or 0)
+    except NonFiniteLossError as e:
+        print(f"adaptformer: training stopped: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, KeyError, UserFacingError, UnreadableImageError) as e:
+        if args.verbose:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"adaptformer: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

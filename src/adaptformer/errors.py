@@ -1,0 +1,10 @@
+"""Errors the CLI reports as one line (exit 2) instead of a traceback.
+
+``ValueError``/``FileNotFoundError`` cover bad input; :class:`UserFacingError` is for
+environment problems the user can fix (no network, a missing optional package, a corrupt
+download). Any other exception is a bug and keeps its traceback.
+"""
+
+
+class UserFacingError(RuntimeError):
+    """Something outside the code is wrong, and the message says how to fix it."""

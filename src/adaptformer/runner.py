@@ -1,0 +1,463 @@
+"""A training run from a :class:`TrainConfig`: build, train, select on val, test once, save.
+
+Run folder: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch),
+``checkpoint.pt`` (atomic; ``--resume`` continues exactly from it), ``adapter_config.json`` +
+``adapter_model.safetensors`` (the selected epoch's task files), ``learning_curve.png`` and
+``summary.json``. Everything that can be wrong with the input is checked before the folder is
+created, so a bad command writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from . import distributed as dist_utils
+from .checkpoints import create_backbone
+from .data import DataConfig, DataSplits, build_datasets
+from .engine import GlobalBatchSampler, Schedule, evaluate, train_one_epoch
+from .inject import inject
+from .methods import backbone_parameters, mark_trainable
+from .state import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
+from .train_config import TrainConfig
+
+_log = logging.getLogger(__name__)
+TASK = "default"
+CHECKPOINT = "checkpoint.pt"
+# Options that may differ when resuming (they do not change the computation).
+RESUMABLE_OVERRIDES = ("workers", "device", "output")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
+    return device
+
+
+def backbone_source(cfg: TrainConfig) -> tuple[str, str | None, bool]:
+    """(timm architecture, local checkpoint, use timm's hub) for ``--model``/``--checkpoint``.
+
+    A backbone without pretrained weights is refused: adapting random weights is a silent misuse.
+    """
+    from .assets.registry import get_model, resolve_checkpoint
+
+    entry = get_model(cfg.model)
+    arch = entry.architecture if entry else cfg.model
+    if cfg.checkpoint:
+        return arch, cfg.checkpoint, False
+    if entry is None and cfg.model not in timm.list_pretrained():
+        raise ValueError(
+            f"--model {cfg.model!r} has no pretrained weights here: pass --checkpoint PATH, a "
+            "registry name (`adaptformer models`) or a timm pretrained tag"
+        )
+    path = resolve_checkpoint(cfg.model)
+    return arch, (str(path) if path else None), path is None
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    arch, checkpoint, hub = backbone_source(cfg)
+    return create_backbone(
+        arch, checkpoint=checkpoint, img_size=cfg.img_size, num_classes=num_classes, pretrained=hub
+    )
+
+
+def data_stats(model: nn.Module) -> dict[str, Any]:
+    """Normalisation and resize filter from the backbone's own timm config."""
+    data_cfg = timm.data.resolve_model_data_config(model)
+    return {
+        "mean": list(data_cfg["mean"]),
+        "std": list(data_cfg["std"]),
+        "interpolation": data_cfg.get("interpolation", "bicubic"),
+    }
+
+
+def build_data(cfg: TrainConfig, stats: dict[str, Any]) -> DataSplits:
+    data_cfg = DataConfig(
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        img_size=cfg.img_size,
+        train_per_class=cfg.train_per_class,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        download=cfg.download,
+        strict_data=cfg.strict_data,
+    )
+    return build_datasets(data_cfg, stats["mean"], stats["std"], stats["interpolation"])
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """sha256 over the backbone's tensors (names, shapes, bytes): which backbone an adapter needs."""
+    h = hashlib.sha256()
+    for name, p in sorted(backbone_parameters(model).items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill leaves the old file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Weight decay on matrices only (nanoGPT/MAE convention): never on biases, norms, scales."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def default_output(cfg: TrainConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{cfg.dataset}-{cfg.method}-{stamp}")
+
+
+def prepare_resume(cfg: TrainConfig) -> TrainConfig:
+    """The saved config of the run in ``cfg.output``, with only harmless options overridden."""
+    if not cfg.output:
+        raise ValueError("--resume needs --output RUN_DIR (the folder of the run to continue)")
+    run = Path(cfg.output)
+    if not (run / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: {run / CHECKPOINT} does not exist; nothing to resume")
+    saved = TrainConfig.load(run / "config.yaml")
+    overrides = {k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES}
+    return TrainConfig(**{**saved.to_dict(), **overrides})
+
+
+@dataclass
+class Run:
+    """What one process holds during training."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    info: dist_utils.DistInfo
+    model: nn.Module
+    data: DataSplits
+    stats: dict[str, Any]
+    fingerprint: str
+
+
+def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Train, select on validation, evaluate the test split once; returns ``summary.json``."""
+    if resume:
+        cfg = prepare_resume(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA GPU (loss scaling); use bf16 on CPU")
+    info = dist_utils.setup(device)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    progress = sys.stderr.isatty() and info.is_main if progress is None else progress
+    try:
+        return _fit(cfg, resume, device, info, progress)
+    finally:
+        dist_utils.teardown()
+
+
+def _fit(
+    cfg: TrainConfig,
+    resume: bool,
+    device: torch.device,
+    info: dist_utils.DistInfo,
+    progress: bool,
+) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    out = Path(dist_utils.broadcast_object(cfg.output or default_output(cfg)))
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ValueError(
+            f"run folder {out} is not empty: pass --resume to continue it or another --output"
+        )
+
+    # Build everything that can fail on bad input before writing anything.
+    model = build_model(cfg, num_classes=0)
+    stats = data_stats(model)
+    data = build_data(cfg, stats)
+    fingerprint = backbone_fingerprint(model)
+    seed_everything(cfg.seed)  # adapter and head init independent of what the data code drew
+    try:
+        inject(model, cfg.adapter_config(), name=TASK, num_classes=data.num_classes)
+    except TypeError as e:  # an architecture AdaptFormer cannot adapt: the user's choice
+        raise ValueError(f"--model {cfg.model}: {e}") from e
+    counts = mark_trainable(model, cfg.method)
+    _log.info("%s", counts)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            cfg.save(out / "config.yaml")
+    dist_utils.barrier()
+    run = Run(cfg, out, device, info, model, data, stats, fingerprint)
+    return _train(run, counts, resume, progress)
+
+
+def _train(run: Run, counts, resume: bool, progress: bool) -> dict[str, Any]:
+    cfg, info, device, model = run.cfg, run.info, run.device, run.model
+    world_batch = cfg.batch_size * cfg.accum_steps * info.world_size
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * world_batch / 256
+    optimizer = make_optimizer(cfg, model, lr)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    schedule = Schedule(lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+    ddp = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if info.enabled
+        else model
+    )
+    sampler = GlobalBatchSampler(len(run.data.train), cfg.batch_size, info, cfg.seed)
+
+    start_epoch, history, best = 0, [], {"score": None, "epoch": None, "state": None}
+    if resume:
+        start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
+        _log.info("resuming %s at epoch %d", run.out, start_epoch)
+    _write_metrics(run, history)
+    _log.info("lr %.4g (total batch %d), %d steps per epoch", lr, world_batch, len(sampler))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            run.data.train,
+            batch_sampler=sampler,
+            num_workers=cfg.workers,
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+            pin_memory=device.type == "cuda",
+        )
+        t0 = time.time()
+        row: dict[str, Any] = {"epoch": epoch}
+        row |= train_one_epoch(
+            ddp, loader, optimizer, schedule, epoch, device, cfg.precision, cfg.accum_steps,
+            cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress,
+        )  # fmt: skip
+        if run.data.val is not None:
+            row |= evaluate(ddp, run.data.val, cfg.batch_size, device, info, cfg.precision,
+                            cfg.workers, "val", progress)  # fmt: skip
+        if cfg.test_every_epoch:
+            row |= evaluate(ddp, run.data.test, cfg.batch_size, device, info, cfg.precision,
+                            cfg.workers, "test", progress)  # fmt: skip
+        row["seconds"] = time.time() - t0
+        score = row.get("val_top1", row.get("val_mAP"))
+        if best["score"] is None or score is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "state": _task_state(model)}
+        history.append(row)
+        _log.info(
+            "epoch %d: %s",
+            epoch,
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
+        if info.is_main:
+            _write_metrics(run, history)
+            _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best)
+        dist_utils.barrier()
+    return _finish(run, counts, history, best, progress)
+
+
+def _task_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in adapter_tensors(model, TASK).items()}
+
+
+def _load_task_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, t in adapter_tensors(model, TASK).items():
+            t.copy_(state[k])
+
+
+def _save_checkpoint(run: Run, optimizer, scaler, next_epoch: int, history, best) -> None:
+    atomic_torch_save(
+        {
+            "next_epoch": next_epoch,
+            "task_state": _task_state(run.model),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "rng": rng_state(),
+            "history": history,
+            "best": best,
+            "config": run.cfg.to_dict(),
+        },
+        run.out / CHECKPOINT,
+    )
+
+
+def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
+    ckpt = torch.load(run.out / CHECKPOINT, map_location="cpu", weights_only=False)
+    _load_task_state(run.model, ckpt["task_state"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["next_epoch"], ckpt["history"], ckpt["best"]
+
+
+def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` whole, so a resumed run never shows an epoch twice."""
+    if not run.info.is_main:
+        return
+    path = run.out / "metrics.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, path)
+
+
+def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
+    cfg, model = run.cfg, run.model
+    _load_task_state(model, best["state"])
+    test = evaluate(model, run.data.test, cfg.batch_size, run.device, run.info, cfg.precision,
+                    cfg.workers, "test", progress)  # fmt: skip
+    summary: dict[str, Any] = {}
+    if run.info.is_main:
+        metadata = {
+            "classes": run.data.classes,
+            "multilabel": run.data.multilabel,
+            "model": cfg.model,
+            "img_size": cfg.img_size,
+            "backbone_sha256": run.fingerprint,
+            **run.stats,
+        }
+        save_adapter(model, run.out, TASK, metadata=metadata)
+        artifact = (run.out / WEIGHTS_NAME).stat().st_size + (run.out / CONFIG_NAME).stat().st_size
+        best_row = history[best["epoch"]] if best["epoch"] is not None else {}
+        speeds = [r["train_images_per_s"] for r in history]
+        summary = {
+            "method": cfg.method,
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "trainable_params": counts.trainable,
+            "backbone_params": counts.backbone,
+            "trainable_percent": counts.trainable_percent,
+            "best_epoch": best["epoch"],
+            "val_top1": best_row.get("val_top1"),
+            "val_mAP": best_row.get("val_mAP"),
+            "test_top1": test.get("test_top1"),
+            "test_top5": test.get("test_top5"),
+            "test_mAP": test.get("test_mAP"),
+            "test_images": test["test_images"],
+            "train_images_per_s": float(np.median(speeds)) if speeds else None,
+            "artifact_bytes": artifact,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "data": run.data.summary(),
+            "world_size": run.info.world_size,
+        }
+        summary = {k: v for k, v in summary.items() if v is not None}
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_learning_curve(history, run.out / "learning_curve.png")
+        _log.info("test: %s", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)})
+    return summary
+
+
+def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation accuracy per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    metric = next((m for m in ("val_top1", "val_mAP") if history and m in history[0]), None)
+    if metric:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [r[metric] for r in history], "s-", color="tab:orange", label=metric)
+        ax2.set_ylabel(f"{metric} (%)")
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title("learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_run(
+    run_dir: str | Path, device: torch.device | None = None
+) -> tuple[TrainConfig, nn.Module, dict[str, Any]]:
+    """Rebuild a finished run's model (backbone + its task files) for eval/predict/export.
+
+    Raises:
+        ValueError: the backbone found now is not the one the run was trained on.
+    """
+    from .state import load_adapter, read_adapter_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder (no config.yaml); pass --run RUN_DIR"
+        )
+    cfg = TrainConfig.load(run_dir / "config.yaml")
+    meta = read_adapter_config(run_dir)["metadata"]
+    model = build_model(cfg, num_classes=0)
+    found = backbone_fingerprint(model)
+    if meta.get("backbone_sha256") not in (None, found):
+        raise ValueError(
+            f"the backbone now resolved for --model {cfg.model} (sha256 {found[:12]}) is not the "
+            f"one {run_dir} was trained on ({meta['backbone_sha256'][:12]})"
+        )
+    load_adapter(model, run_dir, name=TASK)
+    model.to(device or torch.device("cpu")).eval()
+    return cfg, model, meta

@@ -1,0 +1,206 @@
+"""The training run's configuration: dataclass defaults < YAML file (``--config``) < flags.
+
+Each field's help lives once, in its metadata; the CLI builds its flags from these fields, so a
+new option is one line here. The resolved config is written to the run folder as
+``config.yaml`` and is all that ``eval``/``predict``/``--resume`` need to rebuild the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import METHODS, AdapterConfig
+
+DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:
+    choices = kwargs.pop("choices", None)
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (the resolved values are saved with the run)."""
+
+    # backbone
+    model: str = _f(DEFAULT_MODEL, "registry name (see `adaptformer models`) or timm model name")
+    checkpoint: str | None = _f(
+        None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
+    )
+    img_size: int = _f(224, "input resolution; position embeddings are resampled to it")
+    # data
+    dataset: str = _f(
+        "imagefolder",
+        "data set name (imagefolder, cifar10, cifar100, svhn, food101, flowers102, fashionmnist, mnist5k, vtab1k, multilabel)",
+    )
+    data_root: str | None = _f(None, "folder holding the data set")
+    train_per_class: int | None = _f(
+        None, "deterministic few-shot subset: N training images per class"
+    )
+    val_fraction: float = _f(
+        0.1, "fraction of training data held out for model selection (never the test set)"
+    )
+    augment: str = _f(
+        "paper",
+        "training augmentation: paper (RandomResizedCrop + flip) or none",
+        choices=["paper", "none"],
+    )
+    download: bool = _f(False, "let torchvision download the data set (needs internet)")
+    strict_data: bool = _f(False, "fail on a corrupt image instead of skipping it")
+    workers: int = _f(2, "data loading worker processes per training process")
+    # method
+    method: str = _f("adaptformer", "what trains", choices=list(METHODS))
+    bottleneck: int = _f(64, "AdaptMLP hidden width r (adaptformer) or LoRA rank (lora)")
+    scale: str = _f("0.1", "AdaptMLP output scale s, or 'learnable'")
+    adapter_dropout: float = _f(0.1, "dropout inside the AdaptMLP (paper: 0.1 images, 0.0 video)")
+    position: str = _f(
+        "parallel",
+        "AdaptMLP beside (parallel) or after (sequential) the MLP",
+        choices=["parallel", "sequential"],
+    )
+    layers: list[int] | None = _f(None, "block indices to adapt (default all), e.g. 6 7 8 9 10 11")
+    prompt_tokens: int = _f(1, "VPT prompt tokens")
+    prompt_mode: str = _f("deep", "VPT deep or shallow", choices=["deep", "shallow"])
+    head_batchnorm: bool = _f(
+        False, "BatchNorm1d(affine=False) before the linear head (MAE's linear probe)"
+    )
+    # optimisation
+    epochs: int = _f(100, "training epochs")
+    warmup_epochs: float = _f(
+        20.0, "linear warm-up epochs (per-step), then half-cycle cosine to min_lr"
+    )
+    batch_size: int = _f(64, "images per process per step (before accumulation)")
+    accum_steps: int = _f(1, "gradient accumulation steps")
+    optimizer: str = _f(
+        "sgd", "sgd (paper: momentum 0.9, no weight decay) or adamw", choices=["sgd", "adamw"]
+    )
+    lr: float | None = _f(None, "absolute learning rate; default blr * total batch / 256")
+    blr: float = _f(0.1, "base learning rate per 256 images (paper: 0.1)")
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "weight decay (on matrices only; paper: 0)")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy (paper: 0)")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value")
+    precision: str = _f(
+        "fp32",
+        "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)",
+        choices=["fp32", "bf16", "fp16"],
+    )
+    grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
+    # run
+    seed: int = _f(0, "random seed (data subset, init, order, augmentation)")
+    output: str | None = _f(None, "run folder (default runs/<dataset>-<method>-<time>)")
+    test_every_epoch: bool = _f(
+        False, "also evaluate the test split after every epoch (reporting only)"
+    )
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    max_steps_per_epoch: int | None = _f(
+        None, "cap optimizer steps per epoch (smoke tests, benchmarks)"
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scale, str):  # YAML gives 0.1 as a float
+            self.scale = str(self.scale)
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _problems(self):
+        positive = (
+            "img_size",
+            "epochs",
+            "batch_size",
+            "accum_steps",
+            "bottleneck",
+            "prompt_tokens",
+        )
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                yield f"--{name.replace('_', '-')} must be a positive integer, got {v!r}"
+        if self.lr is not None and not self.lr > 0:
+            yield f"--lr must be positive, got {self.lr!r}"
+        if not self.blr > 0:
+            yield f"--blr must be positive, got {self.blr!r}"
+        if not 0 <= self.val_fraction < 1:
+            yield f"--val-fraction must be in [0, 1), got {self.val_fraction!r}"
+        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            yield "--warmup-epochs, --min-lr and --weight-decay must not be negative"
+        if not 0 <= self.label_smoothing < 1:
+            yield f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}"
+        if self.train_per_class is not None and self.train_per_class < 1:
+            yield f"--train-per-class must be a positive integer, got {self.train_per_class!r}"
+        if self.workers < 0:
+            yield f"--workers must be >= 0, got {self.workers!r}"
+        for name in ("method", "augment", "position", "prompt_mode", "optimizer", "precision"):
+            choices = _FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                yield f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(choices)}"
+        try:
+            self.adapter_config()
+        except ValueError as e:
+            yield str(e)
+
+    def adapter_config(self) -> AdapterConfig:
+        scale: float | str = (
+            self.scale if self.scale == "learnable" else _float(self.scale, "scale")
+        )
+        return AdapterConfig(
+            method=self.method,
+            bottleneck=self.bottleneck,
+            scale=scale,
+            dropout=self.adapter_dropout,
+            position=self.position,
+            layers=self.layers,
+            prompt_tokens=self.prompt_tokens,
+            prompt_mode=self.prompt_mode,
+            head_batchnorm=self.head_batchnorm,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; see `adaptformer train --help`")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_yaml(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _float(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--{name} must be a number or 'learnable', got {text!r}") from None
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -1,0 +1,165 @@
+"""`adaptformer train/eval/predict` end to end on a tiny synthetic task (no ../shared needed)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..runs import make_checkpoint, make_image_folder, run_cli, train_args
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return make_image_folder(root / "data"), make_checkpoint(root / "vit_tiny.safetensors"), root
+
+
+@pytest.fixture(scope="module")
+def finished(setup):
+    data, ckpt, root = setup
+    out = root / "run"
+    r = run_cli(*train_args(data, ckpt, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_run_folder_has_every_artifact(finished):
+    names = {p.name for p in finished.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "adapter_config.json", "adapter_model.safetensors",
+            "checkpoint.pt", "learning_curve.png", "summary.json"} <= names  # fmt: skip
+    summary = json.loads((finished / "summary.json").read_text())
+    for key in ("method", "trainable_params", "backbone_params", "val_top1", "test_top1",
+                "train_images_per_s", "artifact_bytes", "epochs", "seed"):  # fmt: skip
+        assert key in summary
+    assert summary["test_images"] == 12 and summary["epochs"] == 3
+    lines = (finished / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert (finished / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_reproduces_the_test_score(finished):
+    r = run_cli("eval", "--run", str(finished), "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((finished / "summary.json").read_text())
+    assert json.loads((finished / "eval.json").read_text())["test_top1"] == summary["test_top1"]
+
+
+def test_predict_prints_top_k_labels(finished, setup):
+    data = setup[0]
+    files = [str(data / "test" / "class_0" / "000.png"), str(data / "test" / "class_2" / "001.png")]
+    r = run_cli("predict", "--run", str(finished), "--top-k", "2", "--json", *files)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["file"] for row in rows] == files
+    assert all(len(row["top"]) == 2 and row["top"][0][0].startswith("class_") for row in rows)
+
+
+def test_killed_run_resumes_to_the_identical_result(setup, finished):
+    """kill -9 after an epoch's checkpoint, then --resume: same summary, same adapter bytes."""
+    data, ckpt, root = setup
+    out = root / "killed"
+    args = train_args(data, ckpt, out)
+    proc = subprocess.Popen([sys.executable, "-m", "adaptformer", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (
+            metrics.exists()
+            and len(metrics.read_text().splitlines()) >= 1
+            and (out / "checkpoint.pt").exists()
+        ):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    r = run_cli("train", "--resume", "--output", str(out), "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    a = json.loads((finished / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    for key in ("val_top1", "test_top1", "test_top5", "best_epoch", "trainable_params"):
+        assert a[key] == b[key]
+    assert (finished / "adapter_model.safetensors").read_bytes() == (
+        out / "adapter_model.safetensors"
+    ).read_bytes()
+    assert _losses(finished) == _losses(out)
+
+
+def _losses(run):
+    return [json.loads(x)["train_loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--data-root", "/nonexistent/data"], "/nonexistent/data"),
+        (["--layers", "40"], "layers contains block 40"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_and_write_nothing(setup, flags, message):
+    data, ckpt, root = setup
+    out = root / "bad"
+    r = run_cli(*train_args(data, ckpt, out), *flags)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("adaptformer: error:")
+    assert not out.exists()
+
+
+def test_wrong_checkpoint_for_the_backbone_is_refused(setup):
+    data, ckpt, root = setup
+    args = train_args(data, ckpt, root / "bad2")
+    args[args.index("vit_tiny_patch16_224")] = "vit_small_patch16_224"
+    r = run_cli(*args)
+    assert r.returncode == 2 and "wrong shape" in r.stderr and not (root / "bad2").exists()
+
+
+def test_unknown_method_is_refused_by_the_parser(setup):
+    data, ckpt, root = setup
+    r = run_cli(*train_args(data, ckpt, root / "bad3"), "--method", "prefix")
+    assert r.returncode == 2 and "invalid choice: 'prefix'" in r.stderr
+
+
+def test_existing_run_folder_needs_resume(setup, finished):
+    data, ckpt, _ = setup
+    r = run_cli(*train_args(data, ckpt, finished))
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(setup, monkeypatch):
+    """A NaN in epoch 1 stops the run with a clear message; epoch 0's checkpoint survives."""
+    import torch
+
+    from adaptformer import runner
+    from adaptformer.cli import build_parser
+    from adaptformer.cli.train import config_from_args
+    from adaptformer.engine import NonFiniteLossError
+    from adaptformer.inject import unwrap
+
+    data, ckpt, root = setup
+    out = root / "nan"
+    real = runner.train_one_epoch
+
+    def poisoned(model, loader, optimizer, schedule, epoch, *args, **kwargs):
+        if epoch == 1:
+            with torch.no_grad():
+                unwrap(model).head.bias.fill_(float("nan"))
+        return real(model, loader, optimizer, schedule, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_one_epoch", poisoned)
+    args = build_parser().parse_args(train_args(data, ckpt, out))
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1"):
+        runner.fit(config_from_args(args), progress=False)
+    ckpt_state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt_state["next_epoch"] == 1
+    assert torch.isfinite(ckpt_state["task_state"]["head.bias"]).all()
+    assert not (out / "summary.json").exists()

@@ -1,0 +1,57 @@
+"""Tiny but complete training setups for end-to-end tests: a synthetic image folder and a
+small timm ViT checkpoint, so CLI mechanics are tested fast and without ../shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
+
+
+def make_image_folder(root: Path, train_per_class: int = 12, test_per_class: int = 4) -> Path:
+    """Three classes of 32x32 images: a coloured square at a random place on noise."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for c, color in enumerate(COLORS):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
+                y, x = rng.integers(0, 16, 2)
+                img[y : y + 16, x : x + 16] = color
+                Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+def make_checkpoint(path: Path) -> Path:
+    """A random ``vit_tiny_patch16_224`` backbone in timm format (stands in for pretrained)."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def train_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
+        "--dataset", "imagefolder", "--data-root", str(data), "--img-size", "32",
+        "--batch-size", "8", "--epochs", "3", "--warmup-epochs", "1", "--blr", "1.0",
+        "--workers", "0", "--val-fraction", "0.25", "--output", str(out), *extra,
+    ]  # fmt: skip
+
+
+def run_cli(*args: str, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "adaptformer", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, **popen,
+    )  # fmt: skip
