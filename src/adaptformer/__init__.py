@@ -5,6 +5,7 @@ AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
 https://github.com/ShoufaChen/AdaptFormer).
 """
 
+from .assets.registry import list_models, resolve_checkpoint
 from .checkpoints import create_backbone, load_backbone_weights, read_state_dict
 from .config import METHODS, AdapterConfig
 from .inject import delete_adapter, disable_adapters, get_head, inject, set_adapter
@@ -32,11 +33,13 @@ __all__ = [
     "disable_adapters",
     "get_head",
     "inject",
+    "list_models",
     "load_adapter",
     "load_backbone_weights",
     "mark_trainable",
     "read_adapter_config",
     "read_state_dict",
+    "resolve_checkpoint",
     "save_adapter",
     "set_adapter",
     "trainable_parameters",

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from .data.metrics import mean_average_precision, topk_correct
 from .distributed import DistInfo, all_gather_cat, all_reduce_sum, shard_indices
 
 
@@ -102,7 +103,7 @@ def train_one_epoch(
     max_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train for one epoch; returns mean loss, last lr, images/s (this process)."""
+    """Train for one epoch; returns mean loss, last lr and images/s, over all processes."""
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps * accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -146,24 +147,17 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
     bar.close()
     seconds = time.perf_counter() - start
+    # over all ranks: the mean loss of every image, and the whole job's throughput
+    totals = all_reduce_sum(
+        torch.stack([loss_sum.double(), torch.tensor(images, device=device).double()])
+    )
+    images = int(totals[1].item())
     return {
-        "train_loss": (loss_sum / max(images, 1)).item(),
+        "train_loss": (totals[0] / max(images, 1)).item(),
         "lr": lr,
         "train_images_per_s": images / seconds if seconds > 0 else 0.0,
         "train_images": images,
     }
-
-
-def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-class average precision (VOC/sklearn 'non-interpolated'); NaN for classes with no
-    positive example."""
-    order = scores.argsort(dim=0, descending=True)
-    t = targets.gather(0, order).float()
-    hits = t.cumsum(0)
-    precision = hits / torch.arange(1, len(t) + 1, device=t.device).unsqueeze(1)
-    positives = t.sum(0)
-    ap = (precision * t).sum(0) / positives
-    return torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
 
 
 @torch.no_grad()
@@ -198,17 +192,14 @@ def evaluate(
             scores.append(logits)
             targets.append(y)
             continue
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        totals[1] += (top[:, 0] == y).sum()
-        totals[2] += (top == y[:, None]).any(dim=1).sum()
+        totals[1:3] += topk_correct(logits, y, topk=(1, 5)).to(totals)
     totals = all_reduce_sum(totals)
     n = max(totals[3].item(), 1.0)
     out = {f"{prefix}_loss": totals[0].item() / n, f"{prefix}_images": int(totals[3].item())}
     if scores or targets:
         all_scores = all_gather_cat(torch.cat(scores))
         all_targets = all_gather_cat(torch.cat(targets))
-        out[f"{prefix}_mAP"] = 100.0 * average_precision(all_scores, all_targets).nanmean().item()
+        out[f"{prefix}_mAP"] = 100.0 * mean_average_precision(all_scores, all_targets)
     else:
         out[f"{prefix}_top1"] = 100.0 * totals[1].item() / n
         out[f"{prefix}_top5"] = 100.0 * totals[2].item() / n

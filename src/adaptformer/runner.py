@@ -104,6 +104,7 @@ def build_data(cfg: TrainConfig, stats: dict[str, Any]) -> DataSplits:
         augment=cfg.augment,
         download=cfg.download,
         strict_data=cfg.strict_data,
+        test_split=cfg.test_split,
     )
     return build_datasets(data_cfg, stats["mean"], stats["std"], stats["interpolation"])
 

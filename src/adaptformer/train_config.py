@@ -51,6 +51,10 @@ class TrainConfig:
     val_fraction: float = _f(
         0.1, "fraction of training data held out for model selection (never the test set)"
     )
+    test_split: str | None = _f(
+        None,
+        "split scored once at the end (default: the data set's test split; imagefolder: test/ else val/)",
+    )
     augment: str = _f(
         "paper",
         "training augmentation: paper (RandomResizedCrop + flip) or none",
@@ -186,10 +190,27 @@ class TrainConfig:
         return cls.from_dict(read_yaml(path))
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the recipes shipped with the package (``--config paper_image``)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML file, or from a shipped recipe given by name."""
     path = Path(path)
+    if (
+        not path.is_file()
+        and (PACKAGED_CONFIGS / f"{path.stem}.yaml").is_file()
+        and path.parent == Path(".")
+    ):
+        path = PACKAGED_CONFIGS / f"{path.stem}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(
+            f"config file {path} does not exist (shipped recipes: {', '.join(packaged_configs())})"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")

@@ -314,7 +314,7 @@ def test_vtab1k_bad_lines(tmp_path: Path) -> None:
 def test_multilabel_rejects_few_shot_and_unknown_labels(tmp_path: Path) -> None:
     make_multilabel(tmp_path)
     with pytest.raises(ValueError, match="unset it"):
-        _build("multilabel", tmp_path, train_per_class=2)
+        DataConfig(dataset="multilabel", data_root=str(tmp_path), train_per_class=2)
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
     with pytest.raises(ValueError, match=r"unknown label\(s\) \['eel'\]"):
         _build("multilabel", tmp_path)

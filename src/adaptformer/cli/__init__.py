@@ -13,6 +13,7 @@ import sys
 
 # Subcommand modules, in the order ``adaptformer --help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
+    "demo",
     "train",
     "eval",
     "predict",

@@ -141,6 +141,11 @@ class DataConfig:
             not _is_int(self.train_per_class) or self.train_per_class < 1
         ):
             yield f"train_per_class={self.train_per_class!r} must be a positive integer or None"
+        elif self.train_per_class is not None and self.dataset == "multilabel":
+            yield (
+                "train_per_class does not apply to multi-label data (an image has several "
+                "classes); unset it (--train-per-class) for dataset='multilabel'"
+            )
         elif self.train_per_class == 1 and self._has_val():
             yield (
                 "train_per_class=1 leaves nothing to carve a validation image from; "

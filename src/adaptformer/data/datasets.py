@@ -142,12 +142,7 @@ def build_datasets(
     pool = raw.train
     labels = None if raw.multilabel else pool.targets
     positions = np.arange(len(pool))
-    if cfg.train_per_class is not None:
-        if labels is None:
-            raise ValueError(
-                "train_per_class does not apply to multi-label data (an image has several "
-                "classes); unset it (--train-per-class) for dataset=multilabel"
-            )
+    if cfg.train_per_class is not None and labels is not None:
         positions = few_shot(labels, pool.ids, cfg.train_per_class, cfg.seed)
     train_pos, val_pos = carve_val(
         None if labels is None else labels[positions],
