@@ -243,11 +243,11 @@ def _fit(
         inject(model, cfg.adapter_config(), name=TASK, num_classes=data.num_classes)
     except TypeError as e:  # an architecture AdaptFormer cannot adapt: the user's choice
         raise ValueError(f"--model {cfg.model}: {e}") from e
-    counts = mark_trainable(model, cfg.method)
-    _log.info("%s", counts)
+    counts = mark_trainable(model, cfg.method)  # logs the counts
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, info, cfg.seed)
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -255,10 +255,12 @@ def _fit(
             cfg.save(out / "config.yaml")
     dist_utils.barrier()
     run = Run(cfg, out, device, info, model, data, stats, fingerprint)
-    return _train(run, counts, resume, progress)
+    return _train(run, sampler, counts, resume, progress)
 
 
-def _train(run: Run, counts, resume: bool, progress: bool) -> dict[str, Any]:
+def _train(
+    run: Run, sampler: GlobalBatchSampler, counts, resume: bool, progress: bool
+) -> dict[str, Any]:
     cfg, info, device, model = run.cfg, run.info, run.device, run.model
     world_batch = cfg.batch_size * cfg.accum_steps * info.world_size
     lr = cfg.lr if cfg.lr is not None else cfg.blr * world_batch / 256
@@ -270,7 +272,6 @@ def _train(run: Run, counts, resume: bool, progress: bool) -> dict[str, Any]:
         if info.enabled
         else model
     )
-    sampler = GlobalBatchSampler(len(run.data.train), cfg.batch_size, info, cfg.seed)
 
     start_epoch, history, best = 0, [], {"score": None, "epoch": None, "state": None}
     if resume:

@@ -103,6 +103,7 @@ def _losses(run):
         (["--epochs", "0"], "--epochs must be a positive integer"),
         (["--data-root", "/nonexistent/data"], "/nonexistent/data"),
         (["--layers", "40"], "layers contains block 40"),
+        (["--batch-size", "1000"], "fewer than one global batch"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_and_write_nothing(setup, flags, message):
@@ -163,3 +164,50 @@ def test_nan_loss_keeps_the_last_good_checkpoint(setup, monkeypatch):
     assert ckpt_state["next_epoch"] == 1
     assert torch.isfinite(ckpt_state["task_state"]["head.bias"]).all()
     assert not (out / "summary.json").exists()
+
+
+def test_bf16_accumulation_and_checkpointing_train(setup):
+    data, ckpt, root = setup
+    out = root / "bf16"
+    r = run_cli(*train_args(data, ckpt, out), "--precision", "bf16", "--accum-steps", "2",
+                "--grad-checkpointing", "--epochs", "1", "--batch-size", "4")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["test_images"] == 12
+
+
+def test_corrupt_images_are_skipped_and_counted_or_refused(setup, tmp_path):
+    import shutil
+
+    data, ckpt, _ = setup
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    (broken / "train" / "class_1" / "zz_broken.png").write_bytes(b"not a png at all")
+    (broken / "test" / "class_2" / "zz_empty.png").write_bytes(b"")
+    r = run_cli(*train_args(broken, ckpt, tmp_path / "run"), "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["skipped"] == 2 and summary["test_images"] == 12
+    assert "zz_broken.png" in r.stderr  # the paths are logged
+    r = run_cli(*train_args(broken, ckpt, tmp_path / "strict"), "--strict-data")
+    assert r.returncode == 2 and "zz_" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "strict").exists()
+
+
+def test_multilabel_list_trains_and_reports_map(setup, tmp_path):
+    data, ckpt, _ = setup
+    root = tmp_path / "ml"
+    root.mkdir()
+    lines = {"train": [], "test": []}
+    for split in lines:
+        for i, path in enumerate(sorted((data / split).rglob("*.png"))):
+            labels = {path.parent.name, "odd" if i % 2 else "even"}
+            lines[split].append(f"{path} {','.join(sorted(labels))}")
+    for split, rows in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    args = train_args(root, ckpt, tmp_path / "run", "--epochs", "1")
+    args[args.index("imagefolder")] = "multilabel"
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 <= summary["test_mAP"] <= 100 and "test_top1" not in summary
