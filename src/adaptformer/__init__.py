@@ -17,20 +17,26 @@ from .methods import (
     mark_trainable,
     trainable_parameters,
 )
+from .multitask import MultiTaskModel, MultiTaskOutput, forward_tasks
 from .state import load_adapter, read_adapter_config, save_adapter
+from .tasks import TaskRegistry
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
     "AdapterConfig",
+    "MultiTaskModel",
+    "MultiTaskOutput",
     "ParamCount",
+    "TaskRegistry",
     "adapter_parameters",
     "backbone_parameters",
     "count_parameters",
     "create_backbone",
     "delete_adapter",
     "disable_adapters",
+    "forward_tasks",
     "get_head",
     "inject",
     "list_models",

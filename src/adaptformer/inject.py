@@ -42,6 +42,10 @@ class AdapterState:
 class AdaptedBlock(nn.Module):
     """A timm pre-norm ``Block`` with named AdaptMLPs and VPT prompts beside it."""
 
+    # Set only while a mixed-task batch runs (``adaptformer.routing.routed``): each row then uses
+    # its own task's prompts and AdaptMLP instead of the active adapter.
+    routing = None
+
     def __init__(self, block: nn.Module, num_prefix_tokens: int) -> None:
         super().__init__()
         for part in _BLOCK_PARTS:
@@ -70,6 +74,8 @@ class AdaptedBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
+        if self.routing is not None:
+            return self.routing.block_forward(self, x, attn_mask, is_causal)
         name = self.active_adapter if self.adapters_enabled else None
         prompts = self.prompts[name] if name is not None and name in self.prompts else None
         if prompts is not None:

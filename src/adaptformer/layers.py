@@ -58,6 +58,10 @@ class LoRALinear(nn.Linear):
     so backbone checkpoint keys (``...attn.qkv.weight``) do not change when LoRA is added.
     """
 
+    # Set only while a mixed-task batch runs (``adaptformer.routing.routed``): each row then gets
+    # its own task's update instead of the active adapter's.
+    routing = None
+
     def __init__(self, base: nn.Linear) -> None:
         nn.Module.__init__(self)
         self.in_features = base.in_features
@@ -83,6 +87,9 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
+        if self.routing is not None:
+            delta = self.routing.lora_delta(self, x)
+            return out if delta is None else out + delta
         name = self.active_adapter
         if self.adapters_enabled and name is not None and name in self.lora_A:
             out = out + self.lora_B[name](self.lora_A[name](x)) * self.lora_scaling[name]

@@ -17,6 +17,8 @@ SUBCOMMANDS: tuple[str, ...] = (
     "train",
     "eval",
     "predict",
+    "tasks",
+    "export",
     "models",
     "convert_onnx",
 )

@@ -1,4 +1,9 @@
-"""``adaptformer predict --run DIR FILES...``: top-k labels for image files."""
+"""``adaptformer predict``: top-k labels for image files, from one run or many registry tasks.
+
+``--run DIR`` answers that run's task. ``--tasks a,b,c`` answers every listed registry task for
+each image: the backbone is loaded once and each batch of files takes one backbone pass
+(:func:`adaptformer.multitask.forward_all_tasks`).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,47 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k labels of image files with a trained run")
-    p.add_argument("--run", required=True, help="run folder written by `adaptformer train`")
+    p = sub.add_parser("predict", help="top-k labels of image files with a run or registry tasks")
+    p.add_argument("--run", help="run folder written by `adaptformer train` (one task)")
+    p.add_argument("--tasks", help="comma-separated registry tasks to answer for every image")
+    p.add_argument("--registry", help="registry folder for --tasks (default: the user registry)")
     p.add_argument("files", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per backbone pass with --tasks (default: 16)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if bool(args.run) == bool(args.tasks):
+        raise ValueError(
+            "pass either --run RUN_DIR (that run's task) or --tasks a,b,c (registry tasks)"
+        )
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError("--top-k and --batch-size must be positive integers")
+    return _run_tasks(args) if args.tasks else _run_one(args)
+
+
+def _ranked(logits, classes: list[str], k: int, multilabel: bool) -> list[tuple[str, float]]:
+    probs = logits.float().sigmoid() if multilabel else logits.float().softmax(0)
+    top = probs.topk(min(k, len(classes)))
+    return [
+        (classes[i], round(p, 4))
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
+def _text(ranked: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{c} ({p:.3f})" for c, p in ranked)
+
+
+def _run_one(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import build_eval_transform
@@ -27,19 +63,59 @@ def run(args: argparse.Namespace) -> int:
     cfg, model, meta = load_run(args.run, device)
     tf = build_eval_transform(cfg.img_size, meta["mean"], meta["std"], meta["interpolation"])
     classes = meta["classes"]
-    k = min(args.top_k, len(classes))
     for path in args.files:
         x = tf(load_image(path)).unsqueeze(0).to(device)
         with torch.no_grad():
-            logits = model(x)[0].float()
-        probs = logits.sigmoid() if meta.get("multilabel") else logits.softmax(0)
-        top = probs.topk(k)
-        ranked = [
-            (classes[i], round(p, 4))
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ]
+            logits = model(x)[0]
+        ranked = _ranked(logits, classes, args.top_k, bool(meta.get("multilabel")))
         if args.json:
             print(json.dumps({"file": path, "top": ranked}))
         else:
-            print(f"{path}: " + ", ".join(f"{c} ({p:.3f})" for c, p in ranked))
+            print(f"{path}: {_text(ranked)}")
     return 0
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import build_eval_transform
+    from ..data.safe import load_image
+    from ..multitask import forward_all_tasks
+    from ..runner import resolve_device
+    from ..tasks import TaskRegistry
+
+    names = list(dict.fromkeys(t for t in args.tasks.split(",") if t))
+    if not names:
+        raise ValueError("--tasks needs at least one task name, e.g. --tasks a,b")
+    device = resolve_device(args.device)
+    reg = TaskRegistry(args.registry)
+    model = reg.build_model(names, device)
+    meta = {t: reg.metadata(t) for t in names}
+    b = reg.backbone
+    tf = build_eval_transform(b["img_size"], b["mean"], b["std"], b["interpolation"])
+    for start in range(0, len(args.files), args.batch_size):
+        files = args.files[start : start + args.batch_size]
+        x = torch.stack([tf(load_image(f)) for f in files]).to(device)
+        with torch.no_grad():
+            logits = forward_all_tasks(model, x, names)
+        for i, path in enumerate(files):
+            answers = {
+                t: _ranked(
+                    logits[t][i],
+                    _classes(meta[t], logits[t].shape[1]),
+                    args.top_k,
+                    bool(meta[t].get("multilabel")),
+                )
+                for t in names
+            }
+            if args.json:
+                print(json.dumps({"file": path, "tasks": answers}))
+            else:
+                for t, ranked in answers.items():
+                    print(f"{path} [{t}]: {_text(ranked)}")
+    return 0
+
+
+def _classes(meta: dict, width: int) -> list[str]:
+    classes = meta.get("classes")
+    return list(classes) if classes and len(classes) == width else [str(i) for i in range(width)]

@@ -1,0 +1,242 @@
+"""Per-batch task routing: which rows of a batch run which task's adapters.
+
+One frozen backbone serves many tasks ("scalable" in AdaptFormer, Chen et al., NeurIPS 2022,
+https://arxiv.org/abs/2205.13535). While a routing is set (by :func:`routed`) on every
+``AdaptedBlock`` and ``LoRALinear``, those modules stop using their single active adapter and ask
+the routing for each row's own adapter output. The frozen parts (attention, MLP, norms) still run
+once over the whole batch. Two layouts share one block implementation:
+
+- :class:`GroupedRouting`: rows sorted so that each task's rows are contiguous; every adapter runs
+  on its own rows only (batch slices are views, no copies) and the pieces are concatenated. No
+  Python loop over samples, only over the tasks present. Used for eager inference and training.
+- :class:`MaskedRouting`: the task of each row is an index tensor; every adapter runs on all rows
+  and ``torch.where`` keeps its own rows. Static shapes and no data-dependent control flow, which
+  is what tracing (ONNX, TorchScript) needs, at the price of running each adapter on every row.
+
+VPT prompts change the token count per task, so mixed batches pad prompts to the largest count
+present and mask the padding out of attention as keys (an additive ``-inf`` bias: the softmax
+weights of real tokens are then exactly those of the unpadded sequence). Padded query rows are
+computed and thrown away with the prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .inject import AdaptedBlock, _adapted_modules, unwrap
+from .layers import LoRALinear
+
+RowFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TaskRouting:
+    """Base class: row selection primitives plus the routed block forward shared by both layouts.
+
+    A routing object lives for one forward pass: it carries the shallow-VPT prompt slots that
+    persist from block to block.
+    """
+
+    names: tuple[str, ...]  # tasks that rows of this batch may belong to
+
+    def __init__(self) -> None:
+        self._kept_valid: torch.Tensor | None = None  # (B, K): real kept (shallow) prompt slots
+        self._kept_full = True  # statically known: every row's kept slots are all real
+        self._kept_tasks: set[str] = set()
+
+    # -- layout-specific primitives -------------------------------------------------------------
+    def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
+        """Each row of ``src`` through its task's function, zeros for tasks without one.
+
+        Returns None when no task of this batch has a function (nothing to add).
+        """
+        raise NotImplementedError
+
+    def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
+        """A ``(B, *shape)`` tensor holding each row's task value (``fill`` for other tasks)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
+        """Each row's own LoRA update ``B(A(x)) * alpha / r`` (None if no task has one here)."""
+        if not layer.adapters_enabled:
+            return None
+        fns = {
+            t: functools.partial(_lora_update, layer, t) for t in self.names if t in layer.lora_A
+        }
+        return self.apply(fns, x) if fns else None
+
+    def block_forward(
+        self,
+        block: AdaptedBlock,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``AdaptedBlock.forward`` with each row's own prompts and AdaptMLP."""
+        if attn_mask is not None or is_causal:
+            raise ValueError(
+                "mixed-task batches do not support attn_mask or causal attention; run the tasks "
+                "one at a time with set_adapter() for masked inputs"
+            )
+        names = self.names if block.adapters_enabled else ()
+        n = block.num_prefix_tokens
+        shallow = {
+            t: block.prompts[t] for t in names if t in block.prompts and t in block.keep_prompts
+        }
+        if shallow:
+            prompts, valid, full = self._prompt_rows(shallow, x)
+            x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
+            kept = self._kept_valid
+            self._kept_valid = valid if kept is None else torch.cat([valid, kept], dim=1)
+            self._kept_full = self._kept_full and full
+            self._kept_tasks |= set(shallow)
+        deep = {t: block.prompts[t] for t in names if t in block.prompts and t not in shallow}
+        valid, full, temp = self._kept_valid, self._kept_full, 0
+        if deep:
+            prompts, deep_valid, deep_full = self._prompt_rows(deep, x)
+            x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
+            temp = prompts.shape[1]
+            valid = deep_valid if valid is None else torch.cat([deep_valid, valid], dim=1)
+            full = full and deep_full
+        kwargs = {}
+        if valid is not None and not full:
+            kwargs["attn_mask"] = _key_padding_bias(valid, n, x)
+        x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **kwargs)))
+        mlp = block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        out = x + mlp
+        adapters = {t: block.adaptmlp[t] for t in names if t in block.adaptmlp}
+        for position, src in (("parallel", x), ("sequential", mlp)):
+            fns = {t: a for t, a in adapters.items() if a.position == position}
+            delta = self.apply(fns, src) if fns else None  # parallel reads x before norm2
+            if delta is not None:
+                out = out + delta
+        x = out
+        if temp:
+            x = torch.cat([x[:, :n], x[:, n + temp :]], dim=1)
+        dropped = {t for t in names if t in block.drop_prompts_after} & self._kept_tasks
+        if dropped:
+            x = self._drop_kept(x, dropped, n)
+        return x
+
+    def _prompt_rows(
+        self, prompts: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Prompts per row padded to the largest count, which slots are real, and whether all are.
+
+        ``full`` is decided from the configs alone (never from data), so traced graphs stay valid.
+        """
+        width = max(p.shape[0] for p in prompts.values())
+        padded = {
+            t: F.pad(p.to(x.dtype), (0, 0, 0, width - p.shape[0])) for t, p in prompts.items()
+        }
+        fill = x.new_zeros(width, x.shape[-1])
+        rows = self.rows(padded, fill)
+        counts = {t: torch.tensor(p.shape[0], device=x.device) for t, p in prompts.items()}
+        count = self.rows(counts, torch.tensor(0, device=x.device))
+        valid = torch.arange(width, device=x.device)[None, :] < count[:, None]
+        full = set(prompts) == set(self.names) and all(
+            p.shape[0] == width for p in prompts.values()
+        )
+        return rows, valid, full
+
+    def _drop_kept(self, x: torch.Tensor, dropped: set[str], n: int) -> torch.Tensor:
+        """Shallow prompts of ``dropped`` end here: invalidate their slots; remove all when none
+        are left (this happens after the last block, where every shallow task drops)."""
+        self._kept_tasks -= dropped
+        assert self._kept_valid is not None
+        if not self._kept_tasks:
+            count = self._kept_valid.shape[1]
+            self._kept_valid, self._kept_full = None, True
+            return torch.cat([x[:, :n], x[:, n + count :]], dim=1)
+        true = torch.tensor(True, device=x.device)
+        gone = self.rows(dict.fromkeys(dropped, true), torch.tensor(False, device=x.device))
+        self._kept_valid = self._kept_valid & ~gone[:, None]
+        self._kept_full = False
+        return x
+
+
+class GroupedRouting(TaskRouting):
+    """Rows sorted by task: ``groups`` lists ``(task, start, stop)`` covering the batch in order."""
+
+    def __init__(self, groups: Sequence[tuple[str, int, int]]) -> None:
+        super().__init__()
+        self.groups = list(groups)
+        self.names = tuple(t for t, _, _ in self.groups)
+
+    def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
+        if not any(t in fns for t in self.names):
+            return None
+        if len(self.groups) == 1:
+            return fns[self.names[0]](src)
+        done = {t: fns[t](src[a:b]) for t, a, b in self.groups if t in fns}
+        shape = next(iter(done.values())).shape[1:]
+        pieces = [
+            done[t] if t in done else src.new_zeros((b - a, *shape)) for t, a, b in self.groups
+        ]
+        return torch.cat(pieces, dim=0)
+
+    def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
+        pieces = [values.get(t, fill).expand(b - a, *fill.shape) for t, a, b in self.groups]
+        return torch.cat(pieces, dim=0)
+
+
+class MaskedRouting(TaskRouting):
+    """Row ``i`` runs task ``names[task_index[i]]``; traceable (no data-dependent Python)."""
+
+    def __init__(self, task_index: torch.Tensor, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.task_index = task_index
+        self._masks = {t: task_index == i for i, t in enumerate(self.names)}
+
+    def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
+        out = None
+        for t, fn in fns.items():
+            y = fn(src)
+            mask = self._masks[t].view(-1, *[1] * (y.dim() - 1))
+            out = torch.where(mask, y, y.new_zeros(()) if out is None else out)
+        return out
+
+    def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
+        out = fill.expand(self.task_index.shape[0], *fill.shape)
+        for t, v in values.items():
+            mask = self._masks[t].view(-1, *[1] * fill.dim())
+            out = torch.where(mask, v.to(fill.dtype), out)
+        return out
+
+
+def _lora_update(layer: LoRALinear, name: str, x: torch.Tensor) -> torch.Tensor:
+    return layer.lora_B[name](layer.lora_A[name](x)) * layer.lora_scaling[name]
+
+
+def _key_padding_bias(valid: torch.Tensor, prefix: int, x: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias ``(B, 1, 1, N)``: ``-inf`` on padded prompt slots, else 0.
+
+    Padded slots sit right after the ``prefix`` tokens (where prompts are inserted).
+    """
+    b, n_tokens = x.shape[0], x.shape[1]
+    slots = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+    slots = slots.masked_fill(~valid, float("-inf"))
+    before = x.new_zeros(b, prefix)
+    after = x.new_zeros(b, n_tokens - prefix - valid.shape[1])
+    return torch.cat([before, slots, after], dim=1)[:, None, None, :]
+
+
+@contextlib.contextmanager
+def routed(model: nn.Module, routing: TaskRouting) -> Iterator[nn.Module]:
+    """Route every adapted module of ``model`` through ``routing`` for the enclosed passes."""
+    modules = list(_adapted_modules(unwrap(model)))
+    before = [m.__dict__.get("routing") for m in modules]
+    for m in modules:
+        m.routing = routing
+    try:
+        yield model
+    finally:
+        for m, old in zip(modules, before, strict=True):
+            m.routing = old
