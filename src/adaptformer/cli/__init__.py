@@ -21,6 +21,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "export",
     "models",
     "convert_onnx",
+    "make_motion_data",
 )
 
 
