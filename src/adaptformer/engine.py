@@ -111,9 +111,13 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, leave=False)
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= steps:
             break
+        if batch is None:  # every video of this batch failed to decode (logged by the dataset)
+            bar.update(1)
+            continue
+        x, y = batch[0], batch[1]  # video items carry their video index third
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
             for group in optimizer.param_groups:

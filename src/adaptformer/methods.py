@@ -56,6 +56,18 @@ def backbone_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {k: p for k, p in model.named_parameters() if id(p) not in task}
 
 
+def fresh_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Backbone parameters the checkpoint could not provide, named in
+    ``model.fresh_parameter_names``: e.g. the zero-initialised ``time_embed`` of an image
+    backbone inflated to video (without training it the model cannot tell frame order), or
+    ``fc_norm`` after a VideoMAE pre-training checkpoint. They train with every method and are
+    saved in the task file."""
+    model = unwrap(model)
+    names = getattr(model, "fresh_parameter_names", ())
+    backbone = backbone_parameters(model)
+    return {k: backbone[k] for k in sorted(names) if k in backbone}
+
+
 @dataclass(frozen=True)
 class ParamCount:
     """Trainable vs. total parameters; ``backbone`` excludes every adapter and head."""
@@ -101,7 +113,7 @@ def trainable_parameters(
     name = name or state.active
     if name != state.active:
         raise ValueError(f"task {name!r} is not active; call set_adapter(model, {name!r}) first")
-    head = list(model.head.parameters())
+    head = list(model.head.parameters()) + list(fresh_parameters(model).values())
     if method in ("adaptformer", "vpt", "lora"):
         own = list(adapter_parameters(model, name).values())
         if not own:
@@ -114,9 +126,10 @@ def trainable_parameters(
         return head
     backbone = backbone_parameters(model)
     if method == "full":
-        return list(backbone.values()) + head
+        return list(backbone.values()) + list(model.head.parameters())
     # bitfit: every bias of the backbone
-    return [p for k, p in backbone.items() if k.endswith("bias")] + head
+    biases = [p for k, p in backbone.items() if k.endswith("bias")]
+    return biases + [p for p in head if all(p is not b for b in biases)]
 
 
 def mark_trainable(model: nn.Module, method: str, name: str | None = None) -> ParamCount:

@@ -83,6 +83,49 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     )
 
 
+def build_backbone(cfg: TrainConfig) -> nn.Module:
+    """The features-only backbone of ``cfg``: an image model, or for ``video-list`` a video
+    model (VideoMAE, or the image model inflated to video)."""
+    if cfg.is_video:
+        from .video.training import build_video_backbone
+
+        return build_video_backbone(cfg, build_model)
+    return build_model(cfg, num_classes=0)
+
+
+def build_task_data(cfg: TrainConfig, stats: dict[str, Any]):
+    """The train/val/test splits of ``cfg``'s data set (image or video)."""
+    if cfg.is_video:
+        from .video.training import build_video_data
+
+        return build_video_data(cfg, stats)
+    return build_data(cfg, stats)
+
+
+def evaluate_split(
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    info: dist_utils.DistInfo,
+    prefix: str,
+    progress: bool = False,
+    batch_size: int | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Exact metrics of ``dataset`` (multi-view per video for video data)."""
+    batch_size = batch_size or cfg.batch_size
+    workers = cfg.workers if workers is None else workers
+    if cfg.is_video:
+        from .video.training import evaluate_videos
+
+        views = cfg.test_clips * cfg.test_crops
+        return evaluate_videos(model, dataset, max(1, batch_size // views), device, info,
+                               cfg.precision, workers, prefix, progress)  # fmt: skip
+    return evaluate(model, dataset, batch_size, device, info, cfg.precision, workers, prefix,
+                    progress)  # fmt: skip
+
+
 def data_stats(model: nn.Module) -> dict[str, Any]:
     """Normalisation and resize filter from the backbone's own timm config."""
     data_cfg = timm.data.resolve_model_data_config(model)
@@ -234,9 +277,9 @@ def _fit(
         )
 
     # Build everything that can fail on bad input before writing anything.
-    model = build_model(cfg, num_classes=0)
+    model = build_backbone(cfg)
     stats = data_stats(model)
-    data = build_data(cfg, stats)
+    data = build_task_data(cfg, stats)
     fingerprint = backbone_fingerprint(model)
     seed_everything(cfg.seed)  # adapter and head init independent of what the data code drew
     try:
@@ -288,6 +331,7 @@ def _train(
             num_workers=cfg.workers,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
             pin_memory=device.type == "cuda",
+            collate_fn=_collate(cfg),
         )
         t0 = time.time()
         row: dict[str, Any] = {"epoch": epoch}
@@ -296,11 +340,9 @@ def _train(
             cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress,
         )  # fmt: skip
         if run.data.val is not None:
-            row |= evaluate(ddp, run.data.val, cfg.batch_size, device, info, cfg.precision,
-                            cfg.workers, "val", progress)  # fmt: skip
+            row |= evaluate_split(ddp, run.data.val, cfg, device, info, "val", progress)
         if cfg.test_every_epoch:
-            row |= evaluate(ddp, run.data.test, cfg.batch_size, device, info, cfg.precision,
-                            cfg.workers, "test", progress)  # fmt: skip
+            row |= evaluate_split(ddp, run.data.test, cfg, device, info, "test", progress)
         row["seconds"] = time.time() - t0
         score = row.get("val_top1", row.get("val_mAP"))
         if best["score"] is None or score is None or score > best["score"]:
@@ -316,6 +358,14 @@ def _train(
             _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best)
         dist_utils.barrier()
     return _finish(run, counts, history, best, progress)
+
+
+def _collate(cfg: TrainConfig):
+    if cfg.is_video:  # drops clips that failed to decode instead of crashing the batch
+        from .video.datasets import collate_videos
+
+        return collate_videos
+    return None
 
 
 def _task_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -367,13 +417,13 @@ def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:
 def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
     cfg, model = run.cfg, run.model
     _load_task_state(model, best["state"])
-    test = evaluate(model, run.data.test, cfg.batch_size, run.device, run.info, cfg.precision,
-                    cfg.workers, "test", progress)  # fmt: skip
+    test = evaluate_split(model, run.data.test, cfg, run.device, run.info, "test", progress)
     summary: dict[str, Any] = {}
     if run.info.is_main:
         metadata = {
             "classes": run.data.classes,
             "multilabel": run.data.multilabel,
+            "video": cfg.is_video,
             "model": cfg.model,
             "img_size": cfg.img_size,
             "backbone_sha256": run.fingerprint,
@@ -453,7 +503,7 @@ def load_run(
         )
     cfg = TrainConfig.load(run_dir / "config.yaml")
     meta = read_adapter_config(run_dir)["metadata"]
-    model = build_model(cfg, num_classes=0)
+    model = build_backbone(cfg)
     found = backbone_fingerprint(model)
     if meta.get("backbone_sha256") not in (None, found):
         raise ValueError(

@@ -29,7 +29,7 @@ from .inject import (
     unwrap,
 )
 from .layers import LoRALinear
-from .methods import backbone_parameters
+from .methods import backbone_parameters, fresh_parameters
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -64,6 +64,7 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
             out[f"{path}.lora_B.weight"] = m.lora_B[name].weight
     for k, t in get_head(model, name).state_dict().items():
         out[f"head.{k}"] = t
+    out.update({f"backbone.{k}": p for k, p in fresh_parameters(model).items()})
     if config.method == "full":
         out.update({f"backbone.{k}": p for k, p in backbone_parameters(model).items()})
     elif config.method == "bitfit":

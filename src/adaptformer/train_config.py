@@ -42,7 +42,7 @@ class TrainConfig:
     # data
     dataset: str = _f(
         "imagefolder",
-        "data set name (imagefolder, cifar10, cifar100, svhn, food101, flowers102, fashionmnist, mnist5k, vtab1k, multilabel)",
+        "data set name (imagefolder, cifar10, cifar100, svhn, food101, flowers102, fashionmnist, mnist5k, vtab1k, multilabel, video-list)",
     )
     data_root: str | None = _f(None, "folder holding the data set")
     train_per_class: int | None = _f(
@@ -63,11 +63,30 @@ class TrainConfig:
     download: bool = _f(False, "let torchvision download the data set (needs internet)")
     strict_data: bool = _f(False, "fail on a corrupt image instead of skipping it")
     workers: int = _f(2, "data loading worker processes per training process")
+    # video (--dataset video-list)
+    video_root: str | None = _f(
+        None, "folder that relative paths in the video lists resolve against"
+    )
+    num_frames: int = _f(8, "frames per clip (paper: 8)")
+    sampling: str = _f(
+        "dense",
+        "dense (fixed stride: Kinetics/HMDB) or segment (SSv2)",
+        choices=["dense", "segment"],
+    )
+    sampling_rate: int = _f(4, "frame stride of dense sampling (paper: 4)")
+    tubelet_size: int = _f(2, "frames per token when an image backbone is inflated to video")
+    flip: bool = _f(
+        True, "horizontal flip in video training (turn off for SSv2: left/right matters)"
+    )
+    test_clips: int = _f(1, "temporal clips per video at evaluation (paper's final test: 4)")
+    test_crops: int = _f(1, "spatial crops per clip at evaluation (paper's final test: 3)")
     # method
     method: str = _f("adaptformer", "what trains", choices=list(METHODS))
     bottleneck: int = _f(64, "AdaptMLP hidden width r (adaptformer) or LoRA rank (lora)")
     scale: str = _f("0.1", "AdaptMLP output scale s, or 'learnable'")
-    adapter_dropout: float = _f(0.1, "dropout inside the AdaptMLP (paper: 0.1 images, 0.0 video)")
+    adapter_dropout: float | None = _f(
+        None, "dropout inside the AdaptMLP; None: the paper's 0.1 for images, 0.0 for video"
+    )
     position: str = _f(
         "parallel",
         "AdaptMLP beside (parallel) or after (sequential) the MLP",
@@ -147,7 +166,15 @@ class TrainConfig:
             yield f"--train-per-class must be a positive integer, got {self.train_per_class!r}"
         if self.workers < 0:
             yield f"--workers must be >= 0, got {self.workers!r}"
-        for name in ("method", "augment", "position", "prompt_mode", "optimizer", "precision"):
+        for name in (
+            "method",
+            "augment",
+            "position",
+            "prompt_mode",
+            "optimizer",
+            "precision",
+            "sampling",
+        ):
             choices = _FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 yield f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(choices)}"
@@ -155,6 +182,16 @@ class TrainConfig:
             self.adapter_config()
         except ValueError as e:
             yield str(e)
+
+    @property
+    def is_video(self) -> bool:
+        return self.dataset == "video-list"
+
+    @property
+    def resolved_dropout(self) -> float:
+        if self.adapter_dropout is not None:
+            return self.adapter_dropout
+        return 0.0 if self.is_video else 0.1
 
     def adapter_config(self) -> AdapterConfig:
         scale: float | str = (
@@ -164,7 +201,7 @@ class TrainConfig:
             method=self.method,
             bottleneck=self.bottleneck,
             scale=scale,
-            dropout=self.adapter_dropout,
+            dropout=self.resolved_dropout,
             position=self.position,
             layers=self.layers,
             prompt_tokens=self.prompt_tokens,

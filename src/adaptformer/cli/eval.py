@@ -19,16 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..engine import evaluate
-    from ..runner import build_data, load_run, resolve_device
+    from ..runner import build_task_data, evaluate_split, load_run, resolve_device
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)
     if args.data_root:
         cfg.data_root = args.data_root
-    data = build_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
-    metrics = evaluate(model, data.test, args.batch_size, device, distributed.DistInfo(),
-                       cfg.precision, args.workers, "test")  # fmt: skip
+    data = build_task_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
+    metrics = evaluate_split(model, data.test, cfg, device, distributed.DistInfo(), "test",
+                             batch_size=args.batch_size, workers=args.workers)  # fmt: skip
     (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
     return 0

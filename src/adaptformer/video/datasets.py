@@ -276,6 +276,19 @@ class VideoDataSplits:
     num_classes: int
     classes: list[str] = field(default_factory=list)
     skipped: list[SkippedVideo] = field(default_factory=list)
+    multilabel: bool = False  # the run summary and heads treat video labels as single-label
+
+    def summary(self) -> dict[str, int | bool | str]:
+        """Sizes, for the run log and ``summary.json`` (the image splits' keys)."""
+        return {
+            "train": len(self.train),
+            "val": len(self.val) if self.val is not None else 0,
+            "test": len(self.test),
+            "test_split": "test",
+            "classes": self.num_classes,
+            "multilabel": False,
+            "skipped": len(self.skipped),
+        }
 
 
 def build_video_datasets(
