@@ -61,6 +61,11 @@ def _run_one(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)
+    if meta.get("video"):
+        raise ValueError(
+            f"{args.run} is a video run; `predict` takes images. Score videos with "
+            "`adaptformer eval --run RUN` on a video list"
+        )
     tf = build_eval_transform(cfg.img_size, meta["mean"], meta["std"], meta["interpolation"])
     classes = meta["classes"]
     for path in args.files:
