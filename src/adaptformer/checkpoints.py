@@ -181,6 +181,37 @@ def adapt_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, 
     return sd
 
 
+def check_state_dict(
+    own: dict[str, torch.Tensor],
+    sd: dict[str, torch.Tensor],
+    may_be_missing: set[str],
+    source: str,
+    target: str,
+    shown: int = 12,
+) -> None:
+    """Raise a ``ValueError`` listing keys of ``own`` missing from ``sd`` (beyond
+    ``may_be_missing``), keys of ``sd`` the model lacks, and shape mismatches."""
+    missing = sorted(k for k in own if k not in sd and k not in may_be_missing)
+    unexpected = sorted(k for k in sd if k not in own)
+    wrong = sorted(
+        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    )
+    parts = [
+        f"{label}: {', '.join(items[:shown])}"
+        + (f" ... ({len(items)} in all)" if len(items) > shown else "")
+        for label, items in (
+            ("missing (would stay randomly initialised)", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        )
+        if items
+    ]
+    if parts:
+        raise ValueError(f"{source} does not match {target}: " + "; ".join(parts))
+
+
 def load_backbone_weights(
     model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint"
 ) -> None:
@@ -200,29 +231,7 @@ def load_backbone_weights(
             "checkpoint head does not fit %d classes: keeping a fresh head", model.num_classes
         )
         sd = {k: v for k, v in sd.items() if k not in ckpt_head}
-    missing = sorted(k for k in own if k not in sd and k not in head_keys)
-    unexpected = sorted(k for k in sd if k not in own)
-    wrong = sorted(
-        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape
-    )
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label}: {', '.join(items[:12])}"
-            + (f" ... ({len(items)} in all)" if len(items) > 12 else "")
-            for label, items in (
-                ("missing (would stay randomly initialised)", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong),
-            )
-            if items
-        ]
-        raise ValueError(
-            f"{source} does not match {type(model).__name__} "
-            f"({getattr(model, 'pretrained_cfg', {}).get('architecture', '?')}): "
-            + "; ".join(parts)
-        )
+    check_state_dict(own, sd, may_be_missing=head_keys, source=source, target=type(model).__name__)
     model.load_state_dict(sd, strict=False)
 
 

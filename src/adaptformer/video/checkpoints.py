@@ -28,14 +28,13 @@ from timm.layers import LayerScale, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..checkpoints import read_state_dict
+from ..checkpoints import check_state_dict, read_state_dict
 from .model import VideoVisionTransformer, sinusoid_table
 
 _log = logging.getLogger(__name__)
 
 # Pre-training parts that are not the encoder: decoder, its projection, the mask token.
 _PRETRAIN_ONLY = re.compile(r"^(decoder\.|decoder_|encoder_to_decoder\.|mask_token$)")
-_SHOWN = 12  # keys listed per problem in error messages
 
 
 @dataclass
@@ -54,24 +53,6 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     discarded: list[str] = field(default_factory=list)
-
-
-def _listing(label: str, items: list[str]) -> str:
-    more = f" ... ({len(items)} in all)" if len(items) > _SHOWN else ""
-    return f"{label}: {', '.join(items[:_SHOWN])}{more}"
-
-
-def _mismatch_error(source: str, missing: list[str], unexpected: list[str], wrong: list[str]):
-    parts = [
-        _listing(label, items)
-        for label, items in (
-            ("missing (would stay randomly initialised)", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
-    return ValueError(f"{source} does not match the video model: " + "; ".join(parts))
 
 
 def _strip(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
@@ -206,15 +187,7 @@ def load_videomae_checkpoint(
         allowed_fresh |= {k for k in own if k.startswith("fc_norm.")}
     if model.time_embed is not None:
         allowed_fresh.add("time_embed")  # zero-initialised addition, never in a checkpoint
-    missing = sorted(k for k in own if k not in sd and k not in allowed_fresh)
-    unexpected = sorted(k for k in sd if k not in own)
-    wrong = sorted(
-        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape
-    )
-    if missing or unexpected or wrong:
-        raise _mismatch_error(source, missing, unexpected, wrong)
+    check_state_dict(own, sd, allowed_fresh, source, "the video model")
     model.load_state_dict(sd, strict=False)
     report.loaded = sorted(sd)
     report.fresh = sorted(k for k in own if k not in sd)
@@ -425,15 +398,7 @@ def video_model_from_image(
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     own = model.state_dict()
     fresh = {k for k in own if k.startswith("head.")} if not keep_head else set()
-    missing = sorted(k for k in own if k not in sd and k not in fresh)
-    unexpected = sorted(k for k in sd if k not in own)
-    wrong = sorted(
-        f"{k} (inflated {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape
-    )
-    if missing or unexpected or wrong:
-        raise _mismatch_error("inflated image weights", missing, unexpected, wrong)
+    check_state_dict(own, sd, fresh, "inflated image weights", "the video model")
     model.load_state_dict(sd, strict=False)
     model.default_cfg["architecture"] = (
         f"inflated_{cfg.get('architecture', type(image_model).__name__)}"
