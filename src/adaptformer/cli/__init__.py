@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "models",
     "convert_onnx",
     "make_motion_data",
+    "bench",
 )
 
 

@@ -1,0 +1,348 @@
+"""Speed and memory of AdaptFormer vs full fine-tuning vs LoRA (ours and PEFT), side by side.
+
+Sections (all use :mod:`adaptformer.bench`; every method of a section is timed round-robin in
+one process, memory is measured in a fresh process per method):
+
+- ``main``: the default methods of ``adaptformer bench`` on one backbone, batch and precision,
+  with the issue's targets checked;
+- ``options``: gradient checkpointing, and adapters in the last half of the blocks with and
+  without running the frozen first half outside autograd (``--skip-frozen-prefix``);
+- ``batch``: step time and memory vs batch size;
+- ``image``: vs image size (token count 112 -> 224 px);
+- ``video``: vs clip length (4 -> 16 frames, tubelet 2) on the backbone inflated to video;
+- ``profile``: torch.profiler breakdown of one training step per method.
+
+Results: ``speed.json``, ``speed.md``, ``speed_batch.png``, ``speed_tokens.png`` and
+``speed_profile.txt`` in ``--out``; with ``--update-docs`` the Markdown also replaces the speed
+section of ``docs/results.md``.
+
+Usage::
+
+    python benchmarks/speed.py --checkpoint ../shared/assets/vit_small_patch14_dinov2.imgfocus.safetensors --update-docs
+    python benchmarks/speed.py --smoke --out runs/speed-smoke    # tiny settings, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptformer.bench import (
+    BenchCase,
+    BenchConfig,
+    build_model,
+    check_targets,
+    format_table,
+    format_targets,
+    machine_info,
+    matmul_peak_flops,
+    profile_train_step,
+    run_cases,
+)
+from adaptformer.cli.bench import DEFAULT_METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("main", "options", "batch", "image", "video", "profile")
+_log = logging.getLogger("speed")
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Configurations and methods of every section (smaller with ``--smoke``)."""
+    base = BenchConfig(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        threads=args.threads,
+    )
+    depth_half = tuple(range(6, 12))  # ViT-S/B: 12 blocks
+    if args.smoke:
+        return {
+            "base": base.with_(img_size=56, batch_size=8),
+            "methods": ["backbone", "full", "adaptformer-16", "lora-8", "peft-lora-8"],
+            "batches": [4, 8, 16],
+            "sizes": [28, 56],
+            "frames": [2, 4],
+            "video_batch": 2,
+            "sweep_methods": ["full", "adaptformer-16"],
+            "sweep_size": 56,
+            "sweep_batch": 8,
+            "half": depth_half,
+            "option_method": "adaptformer-16",
+            "timing": {"warmup": 1, "steps": 2, "rounds": 2},
+            "profile_methods": ["full", "adaptformer-16"],
+        }
+    return {
+        "base": base,
+        "methods": list(DEFAULT_METHODS),
+        "batches": [8, 16, 32, 64],
+        "sizes": [112, 168, 224],
+        "frames": [4, 8, 16],
+        "video_batch": 4,
+        "sweep_methods": ["full", "adaptformer-64", "peft-lora-32"],
+        "sweep_size": 112,
+        "sweep_batch": 16,
+        "half": depth_half,
+        "option_method": "adaptformer-64",
+        "timing": {"warmup": args.warmup, "steps": args.steps, "rounds": args.rounds},
+        "profile_methods": ["full", "adaptformer-64", "peft-lora-32"],
+    }
+
+
+def section_main(p: dict[str, Any]) -> dict[str, Any]:
+    rows = run_cases([BenchCase(m, p["base"]) for m in p["methods"]], **p["timing"])
+    return {"rows": rows, "targets": check_targets(rows)}
+
+
+def section_options(p: dict[str, Any]) -> dict[str, Any]:
+    base, af = p["base"], p["option_method"]
+    half = base.with_(layers=p["half"])
+    cases = [
+        BenchCase("full", base),
+        BenchCase("full", base.with_(grad_checkpointing=True), "full + checkpointing"),
+        BenchCase(af, base),
+        BenchCase(af, base.with_(grad_checkpointing=True), f"{af} + checkpointing"),
+        BenchCase(af, half, f"{af} last half"),
+        BenchCase(af, half.with_(skip_frozen_prefix=True), f"{af} last half, no-grad prefix"),
+        BenchCase(af, half.with_(skip_frozen_prefix=True, grad_checkpointing=True),
+                  f"{af} last half, no-grad prefix + checkpointing"),
+    ]  # fmt: skip
+    return {"rows": run_cases(cases, **p["timing"])}
+
+
+def _sweep(p: dict[str, Any], key: str, configs: dict[Any, BenchConfig]) -> dict[str, Any]:
+    points = []
+    for value, cfg in configs.items():
+        _log.info("%s = %s", key, value)
+        rows = run_cases([BenchCase(m, cfg) for m in p["sweep_methods"]], **p["timing"])
+        points += [{key: value, **r} for r in rows]
+    return {"key": key, "rows": points}
+
+
+def section_batch(p: dict[str, Any]) -> dict[str, Any]:
+    cfg = p["base"].with_(img_size=p["sweep_size"])
+    return _sweep(p, "batch_size", {b: cfg.with_(batch_size=b) for b in p["batches"]})
+
+
+def section_image(p: dict[str, Any]) -> dict[str, Any]:
+    cfg = p["base"].with_(batch_size=p["sweep_batch"])
+    return _sweep(p, "img_size", {s: cfg.with_(img_size=s) for s in p["sizes"]})
+
+
+def section_video(p: dict[str, Any]) -> dict[str, Any]:
+    cfg = p["base"].with_(img_size=p["sweep_size"], batch_size=p["video_batch"])
+    return _sweep(p, "num_frames", {f: cfg.with_(num_frames=f) for f in p["frames"]})
+
+
+def section_profile(p: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for method in p["profile_methods"]:
+        model = build_model(method, p["base"])
+        out[method] = profile_train_step(model, p["base"], steps=max(2, p["timing"]["steps"] // 2))
+        del model
+    return out
+
+
+RUNNERS = {
+    "main": section_main,
+    "options": section_options,
+    "batch": section_batch,
+    "image": section_image,
+    "video": section_video,
+    "profile": section_profile,
+}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _sweep_table(section: dict[str, Any]) -> str:
+    key = section["key"]
+    lines = [
+        f"| method | {key} | tokens | train img/s | train step | train mem | infer img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in section["rows"]:
+        cfg = r["config"]
+        grid = (cfg["img_size"] // 14) ** 2 * ((cfg["num_frames"] or 2) // 2)
+        lines.append(
+            f"| {r['method']} | {r[key]} | {grid} | {r.get('train_images_per_s', 0):.1f} "
+            f"| {r.get('train_step_s', 0):.3f} s | {r.get('train_mem_increase_mib', 0):,.0f} MiB "
+            f"| {r.get('infer_images_per_s', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _profile_md(profiles: dict[str, Any]) -> str:
+    cats = sorted({c for prof in profiles.values() for c in prof["categories"]})
+    lines = [
+        "| method | forward | backward | optimizer | " + " | ".join(cats) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(cats),
+    ]
+    for method, prof in profiles.items():
+        ph = prof["phases_s"]
+        shares = " | ".join(f"{100 * prof['categories'].get(c, 0):.0f}%" for c in cats)
+        lines.append(
+            f"| {method} | {ph.get('forward', 0):.3f} s | {ph.get('backward', 0):.3f} s "
+            f"| {ph.get('optimizer', 0):.3f} s | {shares} |"
+        )
+    return (
+        "Seconds per training step by phase, then each kind of op's share of self CPU time "
+        "(torch.profiler; tables in `speed_profile.txt`).\n\n" + "\n".join(lines)
+    )
+
+
+def report(record: dict[str, Any], out: Path) -> str:
+    m = record["machine"]
+    parts = [
+        f"Command: `{record['command']}`  \n"
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
+        f"({m['torch_threads']} threads), timm {m['timm']}, peft {m.get('peft', '-')}; "
+        f"{m['date']}; load average at start {m['load_average']}; measured fp32 matmul peak "
+        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; total {record['seconds'] / 60:.1f} min.",
+        "Timing: median of the timed steps after warm-up, methods interleaved round-robin in one "
+        "process; memory: peak RSS increase over the loaded model, one fresh process per row "
+        "(activations + gradients + AdamW state). The load average during each timing is in "
+        "`speed.json`.",
+    ]
+    s = record["sections"]
+    if "main" in s:
+        parts += [
+            f"### Side by side ({s['main']['rows'][0]['setting']})",
+            format_table(s["main"]["rows"]),
+            "Targets:",
+            format_targets(s["main"]["targets"]),
+        ]
+    if "options" in s:
+        parts += ["### Options: gradient checkpointing, no-grad frozen prefix",
+                  format_table(s["options"]["rows"])]  # fmt: skip
+    for name, title in (("batch", "batch size"), ("image", "image size"), ("video", "frames")):
+        if name in s:
+            parts += [f"### Scaling with {title}", _sweep_table(s[name])]
+    if any(k in s for k in ("batch", "image", "video")):
+        parts.append("![batch](speed_batch.png) ![tokens](speed_tokens.png)")
+    if "profile" in s:
+        parts += ["### Where a training step's time goes", _profile_md(s["profile"])]
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(record: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = record["sections"]
+
+    def lines(ax_speed, ax_mem, section, xlabel, xform=lambda r, k: r[k]) -> None:
+        key = section["key"]
+        for method in dict.fromkeys(r["method"] for r in section["rows"]):
+            pts = [r for r in section["rows"] if r["method"] == method]
+            xs = [xform(r, key) for r in pts]
+            ax_speed.plot(xs, [r.get("train_images_per_s", 0) for r in pts], "o-", label=method)
+            ax_mem.plot(xs, [r.get("train_mem_increase_mib", 0) for r in pts], "o-", label=method)
+        for ax, ylabel in ((ax_speed, "train images/s"), (ax_mem, "train memory (MiB)")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        ax_speed.legend(fontsize=8)
+
+    if "batch" in s:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+        lines(a, b, s["batch"], "batch size")
+        fig.suptitle(f"vs batch size ({s['batch']['rows'][0]['config']['img_size']} px)")
+        fig.tight_layout()
+        fig.savefig(out / "speed_batch.png", dpi=100)
+        plt.close(fig)
+    token_sections = [k for k in ("image", "video") if k in s]
+    if token_sections:
+        fig, axes = plt.subplots(2, len(token_sections), figsize=(5 * len(token_sections), 7),
+                                 squeeze=False)  # fmt: skip
+        for col, name in enumerate(token_sections):
+            label = "image size (px)" if name == "image" else "frames per clip (tubelet 2)"
+            lines(axes[0][col], axes[1][col], s[name], label)
+            axes[0][col].set_title(
+                f"vs {'image size' if name == 'image' else 'clip length'} "
+                f"(batch {s[name]['rows'][0]['config']['batch_size']})"
+            )
+        fig.tight_layout()
+        fig.savefig(out / "speed_tokens.png", dpi=100)
+        plt.close(fig)
+
+
+def update_docs(markdown: str, docs: Path, marker: str) -> None:
+    """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    text = docs.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{docs} has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(f"{head}{begin}\n{markdown.strip()}\n{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="vit_small_patch14_dinov2")
+    p.add_argument("--checkpoint", help="backbone weights (default: random; timing is the same)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, help="default: --steps (one step per method a round)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("--smoke", action="store_true", help="tiny settings, for checking the script")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--update-docs", action="store_true", help="rewrite docs/results.md's section")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pl = plan(args)
+    start = time.time()
+    record: dict[str, Any] = {
+        "command": "python benchmarks/speed.py " + " ".join(map(shlex.quote, sys.argv[1:])),
+        "machine": machine_info(),
+        "matmul_peak_flops": matmul_peak_flops("cpu", args.precision),
+        "plan": {k: v for k, v in pl.items() if k != "base"} | {"base": pl["base"].describe()},
+        "sections": {},
+    }
+    for name in args.sections:
+        t0 = time.time()
+        _log.info("section %s", name)
+        record["sections"][name] = RUNNERS[name](pl)
+        _log.info("section %s done in %.0f s", name, time.time() - t0)
+        record["seconds"] = time.time() - start
+        (out / "speed.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    profiles = record["sections"].get("profile", {})
+    if profiles:
+        (out / "speed_profile.txt").write_text(
+            "\n\n".join(f"== {m}\n{prof['table']}" for m, prof in profiles.items()) + "\n"
+        )
+        for prof in profiles.values():
+            prof.pop("table")
+        (out / "speed.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    plot(record, out)
+    markdown = report(record, out)
+    (out / "speed.md").write_text(markdown)
+    if args.update_docs:
+        update_docs(markdown, ROOT / "docs" / "results.md", "speed")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
