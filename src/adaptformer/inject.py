@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -283,15 +284,26 @@ def set_adapter(model: nn.Module, name: str) -> None:
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Run the bare backbone inside the block: no AdaptMLP, prompts or LoRA (the head stays)."""
     model = unwrap(model)
-    modules = list(_adapted_modules(model))
-    before = [m.adapters_enabled for m in modules]
-    for m in modules:
-        m.adapters_enabled = False
-    try:
+    with temporarily_set(model, "adapters_enabled", False):
         yield model
+
+
+@contextlib.contextmanager
+def temporarily_set(model: nn.Module, attr: str, value: Any) -> Iterator[None]:
+    """Set ``attr`` on every adapted module of ``model`` for the enclosed block, then restore it.
+
+    Modules are collected once on entry, so the previous values are restored even if the
+    block raises.
+    """
+    modules = list(_adapted_modules(model))
+    before = [getattr(m, attr, None) for m in modules]
+    for m in modules:
+        setattr(m, attr, value)
+    try:
+        yield
     finally:
-        for m, flag in zip(modules, before, strict=True):
-            m.adapters_enabled = flag
+        for m, old in zip(modules, before, strict=True):
+            setattr(m, attr, old)
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

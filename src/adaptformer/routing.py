@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inject import AdaptedBlock, _adapted_modules, unwrap
+from .inject import AdaptedBlock, temporarily_set, unwrap
 from .layers import LoRALinear
 
 RowFn = Callable[[torch.Tensor], torch.Tensor]
@@ -231,12 +231,5 @@ def _key_padding_bias(valid: torch.Tensor, prefix: int, x: torch.Tensor) -> torc
 @contextlib.contextmanager
 def routed(model: nn.Module, routing: TaskRouting) -> Iterator[nn.Module]:
     """Route every adapted module of ``model`` through ``routing`` for the enclosed passes."""
-    modules = list(_adapted_modules(unwrap(model)))
-    before = [m.__dict__.get("routing") for m in modules]
-    for m in modules:
-        m.routing = routing
-    try:
+    with temporarily_set(unwrap(model), "routing", routing):
         yield model
-    finally:
-        for m, old in zip(modules, before, strict=True):
-            m.routing = old

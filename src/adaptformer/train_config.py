@@ -61,7 +61,7 @@ class TrainConfig:
         choices=["paper", "none"],
     )
     download: bool = _f(False, "let torchvision download the data set (needs internet)")
-    strict_data: bool = _f(False, "fail on a corrupt image instead of skipping it")
+    strict_data: bool = _f(False, "fail on a corrupt image or video instead of skipping it")
     workers: int = _f(2, "data loading worker processes per training process")
     # video (--dataset video-list)
     video_root: str | None = _f(

@@ -48,3 +48,27 @@ def test_video_list_trains_and_evaluates_multiview(clips, tmp_path):
     r = run_cli("eval", "--run", str(out), "--workers", "0", "--batch-size", "6")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "eval.json").read_text())["test_top1"] == summary["test_top1"]
+
+
+def test_corrupt_video_is_counted_or_refused_with_strict_data(clips, tmp_path):
+    lists, videos = clips
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    with (lists / "train.csv").open("a") as f:
+        f.write(f"{bad} 1\n")
+    ckpt = make_checkpoint(tmp_path / "vit.safetensors")
+    common = (
+        "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
+        "--dataset", "video-list", "--data-root", str(lists), "--video-root", str(videos),
+        "--img-size", "32", "--num-frames", "2", "--sampling-rate", "1", "--batch-size", "2",
+        "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--max-steps-per-epoch", "1",
+    )  # fmt: skip
+    out = tmp_path / "strict"
+    r = run_cli(*common, "--strict-data", "--output", str(out))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "broken.mp4" in r.stderr and "--strict-data" in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+    out = tmp_path / "lenient"
+    r = run_cli(*common, "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["data"]["skipped"] == 1

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..distributed import DistInfo, shard_indices
+from ..errors import UserFacingError
 from ..train_config import TrainConfig
 from .checkpoints import load_videomae_checkpoint, video_model_from_image
 from .datasets import VideoDataSplits, VideoListDataset, build_video_datasets, collate_videos
@@ -70,7 +71,7 @@ def build_video_data(cfg: TrainConfig, stats: dict[str, Any]) -> VideoDataSplits
         raise ValueError(
             "--dataset video-list needs --data-root DIR holding train.csv, val.csv, test.csv"
         )
-    return build_video_datasets(
+    splits = build_video_datasets(
         cfg.data_root,
         video_root=cfg.video_root,
         num_frames=cfg.num_frames,
@@ -83,6 +84,14 @@ def build_video_data(cfg: TrainConfig, stats: dict[str, Any]) -> VideoDataSplits
         test_clips=cfg.test_clips,
         test_crops=cfg.test_crops,
     )
+    if cfg.strict_data and splits.skipped:
+        listed = "; ".join(f"{s.path} ({s.reason})" for s in splits.skipped[:5])
+        more = f" and {len(splits.skipped) - 5} more" if len(splits.skipped) > 5 else ""
+        raise UserFacingError(
+            f"{len(splits.skipped)} listed videos cannot be read: {listed}{more}; replace or "
+            "remove them from the lists, or drop --strict-data to skip them"
+        )
+    return splits
 
 
 def evaluate_videos(
