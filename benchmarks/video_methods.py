@@ -90,16 +90,15 @@ def run(label: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
+    """Accuracy and size per method (wall times are in the JSON: they depend on the load)."""
     lines = [
-        "| method | trainable params | % of backbone | val top-1 | test top-1 | task file | wall |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | trainable params | % of backbone | val top-1 | test top-1 | task file |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, s in rows.items():
-        wall = f"{s['wall_seconds'] / 60:.1f} min" if s.get("wall_seconds") else "-"
         lines.append(
             f"| {label} | {s['trainable_params']:,} | {s['trainable_percent']:.2f}% | "
-            f"{s['val_top1']:.1f} | {s['test_top1']:.1f} | {s['artifact_bytes'] / 2**20:.2f} MiB "
-            f"| {wall} |"
+            f"{s['val_top1']:.1f} | {s['test_top1']:.1f} | {s['artifact_bytes'] / 2**20:.2f} MiB |"
         )
     return "\n".join(lines)
 
