@@ -577,8 +577,9 @@ def report(s: Settings, records: list[dict], chosen: dict, meta: dict) -> str:
         f"Command: `{meta['command']}`  \n"
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
         f"{meta['machine']['torch']}; finished {meta['machine']['date']}; {done} of {meta['planned']} "
-        f"runs done; {meta['minutes']:.0f} min in this invocation; load average at the end "
-        f"{meta['machine']['load_average']}.",
+        f"runs done; {meta['minutes']:.0f} min in this invocation, and the runs' own times add up "
+        f"to {sum(r.get('seconds', 0) for r in records) / 60:.0f} min (the whole grid, across "
+        f"invocations); load average at the end {meta['machine']['load_average']}.",
         *(
             ["**SMOKE RUN: tiny train and test folders, numbers mean nothing.**"]
             if meta["smoke"]
