@@ -33,7 +33,7 @@ def test_every_row_is_a_valid_train_command(script, capsys):
         cfg = config_from_args(build_parser().parse_args(argv[1:]))  # validates every value
         assert cfg.dataset == "video-list" and cfg.epochs == 2 and cfg.flip is False
         methods.append(cfg.method)
-    assert methods == ["linear", "full", "vpt", "adaptformer"]
+    assert methods == ["linear", "full", "full", "vpt", "adaptformer"]
 
 
 def test_table_reports_accuracy_and_size(script):
