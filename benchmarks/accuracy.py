@@ -205,16 +205,15 @@ def plan_runs(s: Settings, chosen_lr: dict[tuple[str, str], float]) -> list[Run]
                 main(ds, "tuned", row, s.seeds[0], lr, "sweep")
                 for lr in sweep_grid(row, s.sweep_points)
             ]
-    for seed in s.seeds:
-        for ds in s.datasets:
+    base_lr = lr_for(s.ablation_dataset, ABLATION_BASE) if ABLATION_BASE in s.rows else None
+    for seed in dict.fromkeys(s.seeds + s.ablation_seeds):  # each seed: main rows, then ablations
+        for ds in s.datasets if seed in s.seeds else []:
             for row in s.rows:
                 lr = lr_for(ds, row)
                 if lr is not None:
                     runs.append(main(ds, "tuned", row, seed, lr))
                 runs.append(main(ds, "paper", row, seed, None))
-    base_lr = lr_for(s.ablation_dataset, ABLATION_BASE) if ABLATION_BASE in s.rows else None
-    if base_lr is not None:
-        for seed in s.ablation_seeds:
+        if base_lr is not None and seed in s.ablation_seeds:
             for name, extra in ABLATIONS.items():
                 runs.append(
                     main(s.ablation_dataset, "tuned", name, seed, base_lr, "ablation", extra)
