@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).parent))
         from speed import update_docs
 
-        update_docs(markdown, ROOT / "docs" / "results.md", "accuracy")
+        update_docs(markdown, ROOT / "docs" / "results.md", "accuracy", images=out)
     print(markdown)
     if stopped:
         print(f"budget of {args.budget_minutes:g} min reached: {len(runs) - len(records)} runs left; "

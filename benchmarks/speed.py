@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import shlex
 import sys
 import time
@@ -279,8 +281,15 @@ def plot(record: dict[str, Any], out: Path) -> None:
         plt.close(fig)
 
 
-def update_docs(markdown: str, docs: Path, marker: str) -> None:
-    """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``."""
+def update_docs(markdown: str, docs: Path, marker: str, images: Path | None = None) -> None:
+    """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``.
+
+    The Markdown is written next to its PNGs; ``images`` is that folder, so that image links
+    are rewritten to work from ``docs`` too.
+    """
+    if images is not None:
+        rel = os.path.relpath(images.resolve(), docs.resolve().parent)
+        markdown = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", markdown)
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = docs.read_text()
     if begin not in text or end not in text:
@@ -339,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report(record, out)
     (out / "speed.md").write_text(markdown)
     if args.update_docs:
-        update_docs(markdown, ROOT / "docs" / "results.md", "speed")
+        update_docs(markdown, ROOT / "docs" / "results.md", "speed", images=out)
     print(markdown)
     return 0
 
