@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def update_docs():
-    spec = importlib.util.spec_from_file_location("speed_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.update_docs
+    return load_script("speed").update_docs
 
 
 def test_section_is_replaced_and_image_links_point_at_the_results(update_docs, tmp_path):

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
-from pathlib import Path
 
 import pytest
 
 from adaptformer.cli import build_parser
 from adaptformer.cli.train import config_from_args
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "video_methods.py"
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("video_methods", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("video_methods")
 
 
 def test_every_row_is_a_valid_train_command(script, capsys):
