@@ -355,7 +355,11 @@ def read_summary(work: Path, run: Run) -> dict[str, Any] | None:
 
 
 def choose_lrs(s: Settings, work: Path) -> dict[tuple[str, str], float]:
-    """Per (sweep dataset, row): the swept lr with the best validation top-1 (ties: lower lr)."""
+    """Per (sweep dataset, row): the swept lr with the best validation top-1.
+
+    Ties go to the lower validation loss, then to the lower lr: the same rule ``fit`` uses to
+    pick the epoch.
+    """
     chosen = {}
     for ds in s.sweep_datasets:
         for row in s.rows:
@@ -364,7 +368,7 @@ def choose_lrs(s: Settings, work: Path) -> dict[tuple[str, str], float]:
                 run = Run(ds, "tuned", row, s.seeds[0], lr, "sweep", ())
                 summ = read_summary(work, run)
                 if summ is not None:
-                    scores[lr] = summ.get("val_top1", float("-inf"))
+                    scores[lr] = (summ.get("val_top1", -math.inf), -summ.get("val_loss", math.inf))
             if len(scores) == len(sweep_grid(row, s.sweep_points)):
                 chosen[(ds, row)] = max(sorted(scores), key=lambda lr: scores[lr])
     return chosen
