@@ -5,6 +5,8 @@ one process, memory is measured in a fresh process per method):
 
 - ``main``: the default methods of ``adaptformer bench`` on one backbone, batch and precision,
   with the issue's targets checked;
+- ``overhead``: the adapters' inference overhead over the bare backbone, measured in pairs on
+  one model (adapters on / off), which resolves the few percent that separate timings cannot;
 - ``options``: gradient checkpointing, and adapters in the last half of the blocks with and
   without running the frozen first half outside autograd (``--skip-frozen-prefix``);
 - ``batch``: step time and memory vs batch size;
@@ -20,6 +22,7 @@ Usage::
 
     python benchmarks/speed.py --checkpoint ../shared/assets/vit_small_patch14_dinov2.imgfocus.safetensors --update-docs
     python benchmarks/speed.py --smoke --out runs/speed-smoke    # tiny settings, a few minutes
+    python benchmarks/speed.py --sections overhead --merge ...  # redo one section, keep the rest
 """
 
 from __future__ import annotations
@@ -46,13 +49,15 @@ from adaptformer.bench import (
     format_targets,
     machine_info,
     matmul_peak_flops,
+    overhead_target,
+    paired_inference_overhead,
     profile_train_step,
     run_cases,
 )
 from adaptformer.cli.bench import DEFAULT_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("main", "options", "batch", "image", "video", "profile")
+SECTIONS = ("main", "overhead", "options", "batch", "image", "video", "profile")
 _log = logging.getLogger("speed")
 
 
@@ -82,6 +87,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "option_method": "adaptformer-16",
             "timing": {"warmup": 1, "steps": 2, "rounds": 2},
             "profile_methods": ["full", "adaptformer-16"],
+            "overhead_methods": ["adaptformer-16"],
+            "pairs": 3,
         }
     return {
         "base": base,
@@ -97,12 +104,21 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "option_method": "adaptformer-64",
         "timing": {"warmup": args.warmup, "steps": args.steps, "rounds": args.rounds},
         "profile_methods": ["full", "adaptformer-64", "peft-lora-32"],
+        "overhead_methods": ["adaptformer-16", "adaptformer-64"],
+        "pairs": args.pairs,
     }
 
 
 def section_main(p: dict[str, Any]) -> dict[str, Any]:
     rows = run_cases([BenchCase(m, p["base"]) for m in p["methods"]], **p["timing"])
     return {"rows": rows, "targets": check_targets(rows)}
+
+
+def section_overhead(p: dict[str, Any]) -> dict[str, Any]:
+    rows = [
+        paired_inference_overhead(m, p["base"], pairs=p["pairs"]) for m in p["overhead_methods"]
+    ]
+    return {"rows": rows, "targets": [overhead_target(r) for r in rows]}
 
 
 def section_options(p: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +172,7 @@ def section_profile(p: dict[str, Any]) -> dict[str, Any]:
 
 RUNNERS = {
     "main": section_main,
+    "overhead": section_overhead,
     "options": section_options,
     "batch": section_batch,
     "image": section_image,
@@ -184,6 +201,22 @@ def _sweep_table(section: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _overhead_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| method | setting | pairs | with adapters | without | overhead (q25 to q75) "
+        "| FLOP share |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['setting']} | {r['pairs']} | {r['adapted_step_s']:.3f} s "
+            f"| {r['bare_step_s']:.3f} s | {100 * r['overhead']:+.1f}% "
+            f"({100 * r['overhead_q25']:+.1f} to {100 * r['overhead_q75']:+.1f}) "
+            f"| {100 * r['flop_share']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
 def _profile_md(profiles: dict[str, Any]) -> str:
     cats = sorted({c for prof in profiles.values() for c in prof["categories"]})
     lines = [
@@ -205,8 +238,14 @@ def _profile_md(profiles: dict[str, Any]) -> str:
 
 def report(record: dict[str, Any], out: Path) -> str:
     m = record["machine"]
+    runs = record.get("runs") or [{"command": record["command"]}]
+    commands = "; then ".join(
+        f"`{r['command']}`"
+        + (f" ({r['date']}: {', '.join(r['sections'])})" if len(runs) > 1 else "")
+        for r in runs
+    )
     parts = [
-        f"Command: `{record['command']}`  \n"
+        f"Command: {commands}  \n"
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
         f"({m['torch_threads']} threads), timm {m['timm']}, peft {m.get('peft', '-')}; "
         f"{m['date']}; load average at start {m['load_average']}; measured fp32 matmul peak "
@@ -223,6 +262,21 @@ def report(record: dict[str, Any], out: Path) -> str:
             format_table(s["main"]["rows"]),
             "Targets:",
             format_targets(s["main"]["targets"]),
+        ]
+        if "overhead" in s:
+            parts.append(
+                "The inference-overhead rows above compare separately timed models, whose "
+                "medians differ by a few percent even for identical networks (`backbone` and "
+                "`full` run the same forward); the paired measurement below is the one to read."
+            )
+    if "overhead" in s:
+        parts += [
+            "### Inference overhead of the adapters, paired",
+            "One adapted model, each batch run with its adapters and again without them "
+            "(`disable_adapters`, alternating order); the overhead is the median of the "
+            "per-pair time ratios.",
+            _overhead_table(s["overhead"]["rows"]),
+            format_targets(s["overhead"]["targets"]),
         ]
     if "options" in s:
         parts += ["### Options: gradient checkpointing, no-grad frozen prefix",
@@ -299,6 +353,22 @@ def update_docs(markdown: str, docs: Path, marker: str, images: Path | None = No
     docs.write_text(f"{head}{begin}\n{markdown.strip()}\n{end}{tail}")
 
 
+def _previous(path: Path) -> dict[str, Any]:
+    """The record that ``--merge`` adds to; runs written before ``runs`` was kept get one."""
+    if not path.is_file():
+        raise SystemExit(f"speed.py: --merge needs an earlier {path}; run without --merge first")
+    record = json.loads(path.read_text())
+    if "runs" not in record:
+        record["runs"] = [
+            {
+                "command": record["command"],
+                "date": record["machine"]["date"],
+                "sections": list(record["sections"]),
+            }
+        ]
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="vit_small_patch14_dinov2")
@@ -310,10 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, help="default: --steps (one step per method a round)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--pairs", type=int, default=20, help="pairs timed by the overhead section")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--smoke", action="store_true", help="tiny settings, for checking the script")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--update-docs", action="store_true", help="rewrite docs/results.md's section")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other sections of an existing speed.json in --out")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -322,21 +395,27 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     pl = plan(args)
     start = time.time()
+    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    previous = _previous(out / "speed.json") if args.merge else {}
+    machine = machine_info()
+    this_run = {"command": command, "date": machine["date"], "sections": args.sections}
     record: dict[str, Any] = {
-        "command": "python benchmarks/speed.py " + " ".join(map(shlex.quote, sys.argv[1:])),
-        "machine": machine_info(),
+        "command": command,
+        "runs": [*previous.get("runs", []), this_run],
+        "machine": machine,
         "matmul_peak_flops": matmul_peak_flops("cpu", args.precision),
         "plan": {k: v for k, v in pl.items() if k != "base"} | {"base": pl["base"].describe()},
-        "sections": {},
+        "sections": dict(previous.get("sections", {})),
     }
+    elapsed = previous.get("seconds", 0.0)
     for name in args.sections:
         t0 = time.time()
         _log.info("section %s", name)
         record["sections"][name] = RUNNERS[name](pl)
         _log.info("section %s done in %.0f s", name, time.time() - t0)
-        record["seconds"] = time.time() - start
+        record["seconds"] = elapsed + time.time() - start
         (out / "speed.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    profiles = record["sections"].get("profile", {})
+    profiles = record["sections"].get("profile", {}) if "profile" in args.sections else {}
     if profiles:
         (out / "speed_profile.txt").write_text(
             "\n\n".join(f"== {m}\n{prof['table']}" for m, prof in profiles.items()) + "\n"

@@ -19,6 +19,8 @@ from adaptformer.bench import (
     format_table,
     matmul_peak_flops,
     measure_memory,
+    overhead_target,
+    paired_inference_overhead,
     run_cases,
 )
 from adaptformer.efficiency import FrozenPrefixBlocks, restore_blocks, skip_frozen_prefix
@@ -134,3 +136,16 @@ def test_the_prefix_runs_normally_when_its_input_needs_gradients():
     skip_frozen_prefix(model)
     F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
     assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+
+
+def test_paired_overhead_times_one_model_with_and_without_its_adapters():
+    r = paired_inference_overhead("adaptformer-16", TINY, pairs=4, warmup=1)
+    assert r["pairs"] == 4 and r["adapted_step_s"] > 0 and r["bare_step_s"] > 0
+    assert r["overhead_q25"] <= r["overhead"] <= r["overhead_q75"]
+    # 6 blocks x (64x16 + 16x64) MACs per token, against the bare forward's FLOPs
+    bare = count_flops(build_model("backbone", TINY), TINY, train=False)
+    tokens = TINY.batch_size * 5
+    assert r["flop_share"] == pytest.approx(6 * 2 * 2 * 64 * 16 * tokens / bare, rel=0.02)
+    target = overhead_target(r)
+    assert target["value"] == pytest.approx(r["overhead"] / r["flop_share"])
+    assert "4 pairs" in target["note"]

@@ -1,0 +1,47 @@
+"""benchmarks/speed.py: sections can be rerun one at a time and merged into one record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaptformer.bench import BenchConfig
+
+from .conftest import load_script
+
+TINY = BenchConfig(model="test_vit", img_size=32, batch_size=4, num_classes=5)
+
+
+@pytest.fixture
+def script(monkeypatch):
+    module = load_script("speed")
+    tiny_plan = {
+        "base": TINY,
+        "overhead_methods": ["adaptformer-16"],
+        "pairs": 2,
+        "profile_methods": ["adaptformer-16"],
+        "timing": {"warmup": 1, "steps": 2, "rounds": 2},
+    }
+    monkeypatch.setattr(module, "plan", lambda args: tiny_plan)
+    monkeypatch.setattr(module, "matmul_peak_flops", lambda device, precision: 1e11)
+    return module
+
+
+def test_merge_keeps_earlier_sections_and_lists_every_command(script, tmp_path, capsys):
+    out = str(tmp_path)
+    assert script.main(["--sections", "overhead", "--out", out]) == 0
+    assert script.main(["--sections", "profile", "--merge", "--out", out]) == 0
+    record = json.loads((tmp_path / "speed.json").read_text())
+    assert set(record["sections"]) == {"overhead", "profile"}
+    assert [r["sections"] for r in record["runs"]] == [["overhead"], ["profile"]]
+    markdown = (tmp_path / "speed.md").read_text()
+    assert "### Inference overhead of the adapters, paired" in markdown
+    assert "### Where a training step's time goes" in markdown
+    assert "--sections overhead" in markdown and "--sections profile --merge" in markdown
+    assert (tmp_path / "speed_profile.txt").read_text().startswith("== adaptformer-16")
+
+
+def test_merge_without_an_earlier_record_is_a_clear_error(script, tmp_path):
+    with pytest.raises(SystemExit, match="run without --merge first"):
+        script.main(["--sections", "overhead", "--merge", "--out", str(tmp_path)])
