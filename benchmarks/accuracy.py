@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _docs import update_docs  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADAPTFORMER_SHARED", ROOT.parent / "shared"))
@@ -694,9 +695,6 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report(s, records, chosen, meta)
     (out / "accuracy.md").write_text(markdown)
     if args.update_docs and not args.smoke:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from speed import update_docs
-
         update_docs(markdown, ROOT / "docs" / "results.md", "accuracy", images=out)
     print(markdown)
     if stopped:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 import shlex
 import sys
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _docs import update_docs  # benchmarks/ is on sys.path when a script runs
 
 from adaptformer.bench import (
     BenchCase,
@@ -333,24 +332,6 @@ def plot(record: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "speed_tokens.png", dpi=100)
         plt.close(fig)
-
-
-def update_docs(markdown: str, docs: Path, marker: str, images: Path | None = None) -> None:
-    """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->``.
-
-    The Markdown is written next to its PNGs; ``images`` is that folder, so that image links
-    are rewritten to work from ``docs`` too.
-    """
-    if images is not None:
-        rel = os.path.relpath(images.resolve(), docs.resolve().parent)
-        markdown = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", markdown)
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    text = docs.read_text()
-    if begin not in text or end not in text:
-        raise ValueError(f"{docs} has no {begin} ... {end} markers")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    docs.write_text(f"{head}{begin}\n{markdown.strip()}\n{end}{tail}")
 
 
 def _previous(path: Path) -> dict[str, Any]:

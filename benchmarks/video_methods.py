@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _docs import update_docs  # benchmarks/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 # Paths are relative to the repository root (the commands run there), so the commands in the
 # docs are exactly the ones that ran.
@@ -169,9 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report(rows, args, meta)
     (args.out / "video_methods.md").write_text(markdown)
     if args.update_docs:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from speed import update_docs
-
         update_docs(markdown, ROOT / "docs" / "video.md", "video-methods")
     print(markdown)
     return 0

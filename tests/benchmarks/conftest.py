@@ -14,7 +14,10 @@ def load_script(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` under a private module name.
 
     The module is registered in ``sys.modules`` first: dataclasses look their module up there.
+    ``benchmarks/`` goes on ``sys.path``, as when a script runs, for their shared ``_docs``.
     """
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     module_name = f"benchmark_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]

@@ -1,4 +1,4 @@
-"""benchmarks/speed.py's update_docs: the generated section replaces the old one, links work."""
+"""benchmarks/_docs.py's update_docs: the generated section replaces the old one, links work."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .conftest import load_script
 
 @pytest.fixture(scope="module")
 def update_docs():
-    return load_script("speed").update_docs
+    return load_script("_docs").update_docs
 
 
 def test_section_is_replaced_and_image_links_point_at_the_results(update_docs, tmp_path):
