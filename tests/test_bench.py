@@ -139,13 +139,17 @@ def test_the_prefix_runs_normally_when_its_input_needs_gradients():
 
 
 def test_paired_overhead_times_one_model_with_and_without_its_adapters():
-    r = paired_inference_overhead("adaptformer-16", TINY, pairs=4, warmup=1)
-    assert r["pairs"] == 4 and r["adapted_step_s"] > 0 and r["bare_step_s"] > 0
-    assert r["overhead_q25"] <= r["overhead"] <= r["overhead_q75"]
-    # 6 blocks x (64x16 + 16x64) MACs per token, against the bare forward's FLOPs
+    r = paired_inference_overhead("adaptformer-16", TINY, pairs=4, block_pairs=6, warmup=1)
+    assert r["pairs"] == 4 and r["block_pairs"] == 6
+    assert r["block_tokens"] == [TINY.batch_size, 5, 64]  # 4 patches + CLS, width 64
+    for prefix in ("", "block_"):
+        assert r[f"{prefix}overhead_q25"] <= r[f"{prefix}overhead"] <= r[f"{prefix}overhead_q75"]
+    # per block: 64x16 + 16x64 MACs per token on top of the bare block
+    block_bare = r["block_flop_share"]
+    adapter = 2 * 2 * 64 * 16 * TINY.batch_size * 5
     bare = count_flops(build_model("backbone", TINY), TINY, train=False)
-    tokens = TINY.batch_size * 5
-    assert r["flop_share"] == pytest.approx(6 * 2 * 2 * 64 * 16 * tokens / bare, rel=0.02)
+    assert r["flop_share"] == pytest.approx(6 * adapter / bare, rel=0.02)  # 6 blocks
+    assert 0 < r["flop_share"] < block_bare  # the head and embedding dilute the whole model's
     target = overhead_target(r)
-    assert target["value"] == pytest.approx(r["overhead"] / r["flop_share"])
-    assert "4 pairs" in target["note"]
+    assert target["value"] == pytest.approx(r["block_overhead"] / r["block_flop_share"])
+    assert "6 pairs" in target["note"]

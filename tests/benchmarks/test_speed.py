@@ -20,6 +20,7 @@ def script(monkeypatch):
         "base": TINY,
         "overhead_methods": ["adaptformer-16"],
         "pairs": 2,
+        "block_pairs": 4,
         "profile_methods": ["adaptformer-16"],
         "timing": {"warmup": 1, "steps": 2, "rounds": 2},
     }
@@ -45,3 +46,18 @@ def test_merge_keeps_earlier_sections_and_lists_every_command(script, tmp_path, 
 def test_merge_without_an_earlier_record_is_a_clear_error(script, tmp_path):
     with pytest.raises(SystemExit, match="run without --merge first"):
         script.main(["--sections", "overhead", "--merge", "--out", str(tmp_path)])
+
+
+def test_report_rewrites_the_markdown_from_the_json_alone(script, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    assert script.main(["--sections", "overhead", "--out", out]) == 0
+    before = (tmp_path / "speed.md").read_text()
+    (tmp_path / "speed.md").unlink()
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("--report must not measure")
+
+    monkeypatch.setattr(script, "paired_inference_overhead", no_measuring)
+    monkeypatch.setattr(script, "machine_info", no_measuring)
+    assert script.main(["--report", "--out", out]) == 0
+    assert (tmp_path / "speed.md").read_text() == before
