@@ -298,7 +298,7 @@ def report(record: dict[str, Any], out: Path) -> str:
             "One adapted model, each batch run with its adapters and again without them "
             "(`disable_adapters`, alternating order); the overhead is the median of the "
             "per-pair time ratios. Whole-model steps take seconds and drift with the machine; "
-            "one block on the tokens it sees in the model takes milliseconds a pair, so many "
+            "one block on the tokens it sees in the model takes a twelfth of that, so many "
             "more pairs fit, and the target is read there.",
             _overhead_table(s["overhead"]["rows"]),
             format_targets(s["overhead"]["targets"]),

@@ -832,7 +832,7 @@ def paired_inference_overhead(
     :func:`~adaptformer.inject.disable_adapters` (the order alternates), and the overhead is
     the median of the per-pair ratios. On a shared machine even that is noisy when a step
     takes seconds, so the same is done for one transformer block on the tokens it sees in
-    the model (milliseconds a pair, hundreds of pairs): every block costs the same, so the
+    the model (a twelfth of a step, so many more pairs fit): every block costs the same, so the
     block's overhead is the model's, less the share of the embedding and head (which have no
     adapters). FLOP shares are counted on the same model and block both ways.
     """
