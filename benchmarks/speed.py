@@ -272,7 +272,7 @@ def report(record: dict[str, Any], out: Path) -> str:
         f"({m['torch_threads']} threads), timm {m['timm']}, peft {m.get('peft', '-')}; "
         f"{m['date']}; load average at start {m['load_average']}; measured fp32 matmul peak "
         f"{_peak(record) / 1e9:.0f} GFLOP/s (the best of several large matmuls, before and after "
-        "each timing); total {record['seconds'] / 60:.1f} min.",
+        f"each timing); total {record['seconds'] / 60:.1f} min.",
         "Timing: median of the timed steps after warm-up, methods interleaved round-robin in one "
         "process; memory: peak RSS increase over the loaded model, one fresh process per row "
         "(activations + gradients + AdamW state). The load average during each timing is in "
