@@ -16,6 +16,13 @@ from torch import nn
 from .config import AdapterConfig
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 class AdaptMLP(nn.Module):
     """``down (d->r) -> ReLU -> dropout -> up (r->d) -> * scale``, with optional LayerNorm.
 
@@ -68,7 +75,7 @@ class AdaptMLP(nn.Module):
         fused = (
             self.layernorm != "out"
             and self.fixed_scale is not None
-            and not torch.is_autocast_enabled(x.device.type)
+            and not _autocast_enabled(x.device.type)
             and out.dtype == x.dtype == self.up_proj.weight.dtype
         )
         if not fused:
