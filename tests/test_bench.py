@@ -145,11 +145,11 @@ def test_paired_overhead_times_one_model_with_and_without_its_adapters():
     for prefix in ("", "block_"):
         assert r[f"{prefix}overhead_q25"] <= r[f"{prefix}overhead"] <= r[f"{prefix}overhead_q75"]
     # per block: 64x16 + 16x64 MACs per token on top of the bare block
-    block_bare = r["block_flop_share"]
+    block_share = r["block_flop_share"]
     adapter = 2 * 2 * 64 * 16 * TINY.batch_size * 5
     bare = count_flops(build_model("backbone", TINY), TINY, train=False)
     assert r["flop_share"] == pytest.approx(6 * adapter / bare, rel=0.02)  # 6 blocks
-    assert 0 < r["flop_share"] < block_bare  # the head and embedding dilute the whole model's
+    assert 0 < r["flop_share"] < block_share  # the head and embedding dilute the whole model's
     target = overhead_target(r)
     assert target["value"] == pytest.approx(r["block_overhead"] / r["block_flop_share"])
     assert "6 pairs" in target["note"]

@@ -92,7 +92,7 @@ class AdaptedBlock(nn.Module):
         if adapter is None:
             x = x + mlp
         elif adapter.position == "parallel":
-            x = adapter.add_to(x + mlp, x)  # reads the stream before norm2; outside drop-path/ls
+            x = x + mlp + adapter(x)  # reads the stream before norm2; outside drop-path/ls
         else:
             x = x + (mlp + adapter(mlp))  # sequential ablation: adapter after the MLP
         if prompts is not None and name not in self.keep_prompts:

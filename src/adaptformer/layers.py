@@ -16,13 +16,6 @@ from torch import nn
 from .config import AdapterConfig
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no per-device query
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
 class AdaptMLP(nn.Module):
     """``down (d->r) -> ReLU -> dropout -> up (r->d) -> * scale``, with optional LayerNorm.
 
@@ -39,12 +32,10 @@ class AdaptMLP(nn.Module):
             self.layer_norm = nn.LayerNorm(dim)
         self.down_proj = nn.Linear(dim, config.bottleneck)
         self.up_proj = nn.Linear(config.bottleneck, dim)
-        self.fixed_scale: float | None = None  # a Python number: read without a device sync
         if config.scale == "learnable":
             self.scale = nn.Parameter(torch.ones(1))  # the reference initialises it at 1.0
         else:
-            self.fixed_scale = float(config.scale)
-            self.register_buffer("scale", torch.tensor(self.fixed_scale), persistent=False)
+            self.register_buffer("scale", torch.tensor(float(config.scale)), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,38 +45,10 @@ class AdaptMLP(nn.Module):
         nn.init.zeros_(self.up_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up_proj(self._hidden(x)) * self.scale
-        return self.layer_norm(h) if self.layernorm == "out" else h
-
-    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm(x) if self.layernorm == "in" else x
-        return F.dropout(F.relu(self.down_proj(h)), p=self.dropout, training=self.training)
-
-    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``out + self(x)``, with the scale and the sum done inside the up-projection's matmul.
-
-        Profiling showed the adapter costing more than its FLOP share: besides two small
-        matmuls it made two extra passes over the whole ``(tokens, dim)`` stream, ``* scale``
-        and ``+``. Here ``up``'s bias rides along as an extra input column of ones and
-        ``torch.addmm`` accumulates ``scale * (h @ W.T + b)`` straight into ``out``. Same
-        result up to float rounding. The plain path is kept where folding would change the
-        computation: an output LayerNorm, a learnable scale (a tensor, not a number), and
-        autocast, which would run ``addmm`` and so the residual stream in half precision.
-        """
-        fused = (
-            self.layernorm != "out"
-            and self.fixed_scale is not None
-            and not _autocast_enabled(x.device.type)
-            and out.dtype == x.dtype == self.up_proj.weight.dtype
-        )
-        if not fused:
-            return out + self(x)
-        h = self._hidden(x)
-        h = torch.cat([h, h.new_ones(*h.shape[:-1], 1)], dim=-1)
-        w = torch.cat([self.up_proj.weight, self.up_proj.bias[:, None]], dim=1)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), w.t(),
-                           alpha=self.fixed_scale)  # fmt: skip
-        return flat.view(out.shape)
+        h = F.dropout(F.relu(self.down_proj(h)), p=self.dropout, training=self.training)
+        h = self.up_proj(h) * self.scale
+        return self.layer_norm(h) if self.layernorm == "out" else h
 
 
 class LoRALinear(nn.Linear):
