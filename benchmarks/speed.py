@@ -260,7 +260,7 @@ def _peak(record: dict[str, Any]) -> float:
 
 def report(record: dict[str, Any], out: Path) -> str:
     m = record["machine"]
-    runs = record.get("runs") or [{"command": record["command"]}]
+    runs = record["runs"]  # main() and _previous() always set it
     commands = "; then ".join(
         f"`{r['command']}`"
         + (f" ({r['date']}: {', '.join(r['sections'])})" if len(runs) > 1 else "")

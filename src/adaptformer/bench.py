@@ -334,6 +334,14 @@ def load_average() -> list[float]:
         return []
 
 
+def _time_call(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one call, including the device work it queued."""
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def time_round_robin(
     steps: Mapping[str, Callable[[], None]],
     warmup: int = 2,
@@ -359,10 +367,7 @@ def time_round_robin(
         loads.append(load_average())
         for name, fn in steps.items():
             for _ in range(min(per_round, timed - len(times[name]))):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(_time_call(fn, device))
     loads.append(load_average())
     return times, loads
 
@@ -418,17 +423,26 @@ def count_flops(model: nn.Module, cfg: BenchConfig, train: bool) -> int:
 
     x, y = make_batch(cfg)
     device = torch.device(cfg.device)
-    counter = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
-    if train:
-        model.train()
-        with counter, autocast(device, cfg.precision):
-            loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-    else:
+    if not train:
         model.eval()
-        with counter, torch.inference_mode(), autocast(device, cfg.precision):
-            model(x)
+        return inference_flops(model, x, device, cfg.precision)
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
+    model.train()
+    with counter, autocast(device, cfg.precision):
+        loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def inference_flops(module: nn.Module, x: torch.Tensor, device: torch.device,
+                    precision: str) -> int:  # fmt: skip
+    """FLOPs of ``module(x)`` under ``torch.inference_mode`` (a whole model or one block)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
+    with counter, torch.inference_mode(), autocast(device, precision):
+        module(x)
     return int(counter.get_total_flops())
 
 
@@ -795,19 +809,12 @@ def run_cases(
 def _paired_ratios(on: Callable[[], None], off: Callable[[], None], pairs: int,
                    device: torch.device) -> list[float]:  # fmt: skip
     """Per pair: time of ``on`` over time of ``off``, run back to back in alternating order."""
-
-    def timed(fn: Callable[[], None]) -> float:
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - start
-
     ratios = []
     for i in range(pairs):
         if i % 2 == 0:
-            a, b = timed(on), timed(off)
+            a, b = _time_call(on, device), _time_call(off, device)
         else:
-            b, a = timed(off), timed(on)
+            b, a = _time_call(off, device), _time_call(on, device)
         ratios.append(a / b)
     return ratios
 
@@ -869,9 +876,9 @@ def paired_inference_overhead(
     flops = count_flops(model, cfg, train=False)
     with disable_adapters(model):
         bare_flops = count_flops(model, cfg, train=False)
-    block_flops = _block_flops(block, tokens, device, cfg.precision)
+    block_flops = inference_flops(block, tokens, device, cfg.precision)
     with disable_adapters(model):
-        block_bare_flops = _block_flops(block, tokens, device, cfg.precision)
+        block_bare_flops = inference_flops(block, tokens, device, cfg.precision)
     result: dict[str, Any] = {
         "method": MethodSpec.parse(method).name,
         "setting": cfg.describe(),
@@ -887,16 +894,6 @@ def paired_inference_overhead(
     share = result["block_flop_share"]
     result["overhead_per_flop_share"] = result["block_overhead"] / share if share > 0 else math.inf
     return result
-
-
-def _block_flops(block: nn.Module, tokens: torch.Tensor, device: torch.device,
-                 precision: str) -> int:  # fmt: skip
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, custom_mapping=_flop_mapping())
-    with counter, torch.inference_mode(), autocast(device, precision):
-        block(tokens)
-    return int(counter.get_total_flops())
 
 
 # --------------------------------------------------------------------------- targets
