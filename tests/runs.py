@@ -44,7 +44,7 @@ def train_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
     return [
         "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
         "--dataset", "imagefolder", "--data-root", str(data), "--img-size", "32",
-        "--batch-size", "8", "--epochs", "3", "--warmup-epochs", "1", "--blr", "1.0",
+        "--batch-size", "8", "--epochs", "3", "--blr", "1.0",
         "--workers", "0", "--val-fraction", "0.25", "--output", str(out), *extra,
     ]  # fmt: skip
 

@@ -103,11 +103,12 @@ def train_one_epoch(
     max_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train for one epoch; returns mean loss, last lr and images/s, over all processes."""
+    """Train for one epoch; returns mean loss, last and highest lr, and images/s, over all
+    processes."""
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps * accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, images, lr = torch.zeros((), device=device), 0, 0.0
+    loss_sum, images, lr, lr_peak = torch.zeros((), device=device), 0, 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, leave=False)
@@ -120,6 +121,7 @@ def train_one_epoch(
         x, y = batch[0], batch[1]  # video items carry their video index third
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
+            lr_peak = max(lr_peak, lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -159,6 +161,7 @@ def train_one_epoch(
     return {
         "train_loss": (totals[0] / max(images, 1)).item(),
         "lr": lr,
+        "lr_peak": lr_peak,
         "train_images_per_s": images / seconds if seconds > 0 else 0.0,
         "train_images": images,
     }

@@ -194,7 +194,7 @@ def _to_onnx(
     try:
         import onnx
     except ImportError as e:
-        raise UserFacingError("ONNX export needs onnx: pip install 'adaptformer[onnx]'") from e
+        raise UserFacingError("ONNX export needs onnx (a dependency of adaptformer): pip install onnx") from e
     inputs = ["image", "task_index"] if multi else ["image"]
     torch.onnx.export(
         module,

@@ -148,6 +148,7 @@ def build_data(cfg: TrainConfig, stats: dict[str, Any]) -> DataSplits:
         download=cfg.download,
         strict_data=cfg.strict_data,
         test_split=cfg.test_split,
+        train_split=cfg.train_split,
     )
     return build_datasets(data_cfg, stats["mean"], stats["std"], stats["interpolation"])
 
@@ -169,17 +170,22 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain types, so ``weights_only`` loading reads it
+    (numpy's key array would need unpickling arbitrary objects)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -306,10 +312,10 @@ def _train(
 ) -> dict[str, Any]:
     cfg, info, device, model = run.cfg, run.info, run.device, run.model
     world_batch = cfg.batch_size * cfg.accum_steps * info.world_size
-    lr = cfg.lr if cfg.lr is not None else cfg.blr * world_batch / 256
+    lr = cfg.peak_lr(world_batch)
     optimizer = make_optimizer(cfg, model, lr)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    schedule = Schedule(lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+    schedule = Schedule(lr, cfg.min_lr, cfg.resolved_warmup_epochs, cfg.epochs)
     ddp = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if info.enabled
@@ -321,7 +327,12 @@ def _train(
         start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
         _log.info("resuming %s at epoch %d", run.out, start_epoch)
     _write_metrics(run, history)
-    _log.info("lr %.4g (total batch %d), %d steps per epoch", lr, world_batch, len(sampler))
+    steps = (
+        len(sampler)
+        if cfg.max_steps_per_epoch is None
+        else min(len(sampler), cfg.max_steps_per_epoch * cfg.accum_steps)
+    )
+    _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps // cfg.accum_steps))
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -358,6 +369,26 @@ def _train(
             _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best)
         dist_utils.barrier()
     return _finish(run, counts, history, best, progress)
+
+
+def describe_schedule(
+    cfg: TrainConfig, schedule: Schedule, world_batch: int, steps_per_epoch: int
+) -> str:
+    """One log line with the resolved schedule, so a run that cannot train is seen at once."""
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(schedule.warmup_epochs * steps_per_epoch)
+    source = (
+        "--lr"
+        if cfg.lr is not None
+        else f"blr {cfg.resolved_blr:g}{'' if cfg.blr is not None else ' (default)'} x total "
+        f"batch {world_batch} / 256"
+    )
+    return (
+        f"schedule: {cfg.optimizer}, {total} optimizer steps ({steps_per_epoch} per epoch x "
+        f"{cfg.epochs} epochs); linear warm-up over {warmup} steps "
+        f"({schedule.warmup_epochs:g} epochs) to peak lr {schedule.lr:.3g} ({source}); "
+        f"half-cycle cosine to final lr {schedule(cfg.epochs):.3g}"
+    )
 
 
 def improves(score: float | None, loss: float | None, best: dict[str, Any]) -> bool:
@@ -409,8 +440,33 @@ def _save_checkpoint(run: Run, optimizer, scaler, next_epoch: int, history, best
     )
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's ``checkpoint.pt``, read without executing code from it.
+
+    Run folders are copied between machines and downloaded, so the file is untrusted:
+    ``weights_only=True`` unpickles only tensors and plain containers and refuses anything that
+    would import or call code.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, truncated zip, ...: one line, nothing executed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} is not a checkpoint this version can read safely ({first}); it may be "
+            "damaged, tampered with or from an older version: start the run again in a new "
+            "--output"
+        ) from None
+    missing = [k for k in ("next_epoch", "task_state", "optimizer", "rng", "history", "best")
+               if not isinstance(ckpt, dict) or k not in ckpt]  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(missing)}; start the run again in a new --output"
+        )
+    return ckpt
+
+
 def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
-    ckpt = torch.load(run.out / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(run.out / CHECKPOINT)
     _load_task_state(run.model, ckpt["task_state"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scaler and ckpt["scaler"]:
@@ -460,6 +516,7 @@ def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
             "val_mAP": best_row.get("val_mAP"),
             "val_loss": best_row.get("val_loss"),
             "test_top1": test.get("test_top1"),
+            "test_loss": test.get("test_loss"),
             "test_top5": test.get("test_top5"),
             "test_mAP": test.get("test_mAP"),
             "test_images": test["test_images"],

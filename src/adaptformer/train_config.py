@@ -17,6 +17,31 @@ import yaml
 from .config import METHODS, AdapterConfig
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
+# Default warm-up as a share of the run: a fixed number of epochs outlasts short runs (a 20-epoch
+# warm-up left a 3-epoch run at a tenth of its learning rate).
+WARMUP_FRACTION = 0.1
+# Default base learning rate (per 256 images; lr = blr * total batch / 256) per optimizer and
+# method. AdamW values: chosen on VTAB-lite's val200 lists (docs/results.md, "Default learning
+# rates"). SGD: the paper's blr 0.1 for the methods that train few parameters; full
+# fine-tuning collapses at 0.1, so it gets a tenth of it.
+DEFAULT_BLR: dict[str, dict[str, float]] = {
+    "adamw": {
+        "adaptformer": 1.6e-2,
+        "linear": 4e-2,
+        "full": 4e-4,
+        "vpt": 4e-3,
+        "lora": 4e-3,
+        "bitfit": 4e-3,
+    },
+    "sgd": {
+        "adaptformer": 0.1,
+        "linear": 0.1,
+        "full": 0.01,
+        "vpt": 0.1,
+        "lora": 0.1,
+        "bitfit": 0.1,
+    },
+}
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -54,6 +79,10 @@ class TrainConfig:
     test_split: str | None = _f(
         None,
         "split scored once at the end (default: the data set's test split; imagefolder: test/ else val/)",
+    )
+    train_split: str | None = _f(
+        None,
+        "list the training pool is read from (vtab1k, multilabel); default train800val200 / train",
     )
     augment: str = _f(
         "paper",
@@ -100,16 +129,24 @@ class TrainConfig:
     )
     # optimisation
     epochs: int = _f(100, "training epochs")
-    warmup_epochs: float = _f(
-        20.0, "linear warm-up epochs (per-step), then half-cycle cosine to min_lr"
+    warmup_epochs: float | None = _f(
+        None,
+        "linear warm-up epochs (per step), then half-cycle cosine to min_lr; "
+        f"default {WARMUP_FRACTION:g} of the run",
     )
     batch_size: int = _f(64, "images per process per step (before accumulation)")
     accum_steps: int = _f(1, "gradient accumulation steps")
     optimizer: str = _f(
-        "sgd", "sgd (paper: momentum 0.9, no weight decay) or adamw", choices=["sgd", "adamw"]
+        "adamw",
+        "adamw, or sgd (the paper's: momentum 0.9, no weight decay)",
+        choices=["sgd", "adamw"],
     )
-    lr: float | None = _f(None, "absolute learning rate; default blr * total batch / 256")
-    blr: float = _f(0.1, "base learning rate per 256 images (paper: 0.1)")
+    lr: float | None = _f(None, "absolute peak learning rate; default blr * total batch / 256")
+    blr: float | None = _f(
+        None,
+        "base learning rate per 256 images; default per method and optimizer "
+        "(README: default learning rates)",
+    )
     min_lr: float = _f(0.0, "learning rate at the end of the cosine")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "weight decay (on matrices only; paper: 0)")
@@ -154,11 +191,23 @@ class TrainConfig:
                 yield f"--{name.replace('_', '-')} must be a positive integer, got {v!r}"
         if self.lr is not None and not self.lr > 0:
             yield f"--lr must be positive, got {self.lr!r}"
-        if not self.blr > 0:
+        if self.blr is not None and not self.blr > 0:
             yield f"--blr must be positive, got {self.blr!r}"
+        if (
+            self.warmup_epochs is not None
+            and isinstance(self.epochs, int)
+            and self.warmup_epochs >= self.epochs
+        ):
+            yield (
+                f"--warmup-epochs {self.warmup_epochs:g} is not shorter than the run "
+                f"(--epochs {self.epochs}), so the learning rate would never reach its peak: "
+                f"use --warmup-epochs below {self.epochs} (e.g. "
+                f"{WARMUP_FRACTION * self.epochs:g}) or leave it unset "
+                f"(default {WARMUP_FRACTION:g} of the run)"
+            )
         if not 0 <= self.val_fraction < 1:
             yield f"--val-fraction must be in [0, 1), got {self.val_fraction!r}"
-        if self.warmup_epochs < 0 or self.min_lr < 0 or self.weight_decay < 0:
+        if (self.warmup_epochs or 0) < 0 or self.min_lr < 0 or self.weight_decay < 0:
             yield "--warmup-epochs, --min-lr and --weight-decay must not be negative"
         if not 0 <= self.label_smoothing < 1:
             yield f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}"
@@ -186,6 +235,24 @@ class TrainConfig:
     @property
     def is_video(self) -> bool:
         return self.dataset == "video-list"
+
+    @property
+    def resolved_warmup_epochs(self) -> float:
+        """The warm-up actually used: as asked, or ``WARMUP_FRACTION`` of the run."""
+        if self.warmup_epochs is not None:
+            return float(self.warmup_epochs)
+        return WARMUP_FRACTION * self.epochs
+
+    @property
+    def resolved_blr(self) -> float:
+        """``--blr`` as asked, or the method's default for the optimizer (``DEFAULT_BLR``)."""
+        if self.blr is not None:
+            return self.blr
+        return DEFAULT_BLR[self.optimizer][self.method]
+
+    def peak_lr(self, total_batch: int) -> float:
+        """``--lr``, else ``blr * total_batch / 256`` (the linear scaling rule of MAE)."""
+        return self.lr if self.lr is not None else self.resolved_blr * total_batch / 256
 
     @property
     def resolved_dropout(self) -> float:

@@ -92,6 +92,45 @@ def test_killed_run_resumes_to_the_identical_result(setup, finished):
     assert _losses(finished) == _losses(out)
 
 
+class _WritesAFile:
+    """A pickle that, if unpickled without ``weights_only``, creates a file (harmless proof)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_resume_refuses_a_malicious_checkpoint_without_running_it(setup, finished, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "tampered"
+    shutil.copytree(finished, run)
+    (run / "summary.json").unlink()
+    proof = tmp_path / "pwned"
+    torch.save({"next_epoch": 1, "payload": _WritesAFile(proof)}, run / "checkpoint.pt")
+    r = run_cli("train", "--resume", "--output", str(run), "--workers", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not a checkpoint this version can read safely" in r.stderr
+    assert not proof.exists()
+    assert not (run / "summary.json").exists()
+
+
+def test_a_short_run_reaches_its_peak_lr(setup):
+    """3 epochs with an explicit AdamW lr: the warm-up is a tenth of the run, not 20 epochs."""
+    data, ckpt, root = setup
+    out = root / "short"
+    args = train_args(data, ckpt, out, "--optimizer", "adamw", "--lr", "1e-3")
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "warm-up over" in r.stderr and "to peak lr 0.001 (--lr)" in r.stderr
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(row["lr_peak"] for row in rows) == pytest.approx(1e-3, rel=0.35)
+
+
 def _losses(run):
     return [json.loads(x)["train_loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -104,6 +143,7 @@ def _losses(run):
         (["--data-root", "/nonexistent/data"], "/nonexistent/data"),
         (["--layers", "40"], "layers contains block 40"),
         (["--batch-size", "1000"], "fewer than one global batch"),
+        (["--warmup-epochs", "3"], "is not shorter than the run (--epochs 3)"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_and_write_nothing(setup, flags, message):

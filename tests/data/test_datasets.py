@@ -193,6 +193,36 @@ def test_vtab1k_lists(tmp_path: Path) -> None:
     _check_items(splits)
 
 
+def _split_lists(root: Path) -> None:
+    """train800.txt / val200.txt as VTAB-1k has them: the first and last lines of the 1,000."""
+    lines = (root / "train800val200.txt").read_text().splitlines()
+    (root / "train800.txt").write_text("\n".join(lines[:40]) + "\n")
+    (root / "val200.txt").write_text("\n".join(lines[40:]) + "\n")
+
+
+def test_vtab1k_tuning_phase_trains_on_train800_and_tests_on_val200(tmp_path: Path) -> None:
+    make_vtab(tmp_path, n_classes=4, n_train=12, n_test=5)
+    _split_lists(tmp_path)
+    (tmp_path / "classes.txt").write_text("zero\none\ntwo\nthree\n")
+    splits = _build("vtab1k", tmp_path, train_split="train800", test_split="val200",
+                    val_fraction=0.0)  # fmt: skip
+    assert (len(splits.train), splits.val, len(splits.test)) == (40, None, 8)
+    assert splits.classes == ["zero", "one", "two", "three"] and splits.test_split == "val200"
+    _check_disjoint(splits)
+
+
+def test_vtab1k_refuses_a_test_list_that_overlaps_training(tmp_path: Path) -> None:
+    make_vtab(tmp_path, n_classes=4, n_train=12, n_test=5)
+    _split_lists(tmp_path)
+    with pytest.raises(ValueError, match=r"8 image\(s\) of val200.txt are also in train800val200"):
+        _build("vtab1k", tmp_path, test_split="val200")
+
+
+def test_train_split_is_only_for_list_data_sets() -> None:
+    with pytest.raises(ValueError, match="train_split applies to list data sets"):
+        DataConfig(dataset="cifar10", data_root="x", train_split="train800")
+
+
 def test_multilabel_lists(tmp_path: Path) -> None:
     make_multilabel(tmp_path)
     splits = _build("multilabel", tmp_path, val_fraction=0.2)

@@ -64,7 +64,7 @@ def _load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         import onnx
     except ImportError as e:
         raise UserFacingError(
-            "reading ONNX models needs the onnx package: pip install 'adaptformer[onnx]'"
+            "reading ONNX models needs the onnx package (a dependency of adaptformer): pip install onnx"
         ) from e
     if isinstance(model, onnx.ModelProto):
         return model

@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: tuple[str, ...] = (
     "demo",
     "train",
+    "vtab",
     "eval",
     "predict",
     "tasks",

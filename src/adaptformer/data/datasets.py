@@ -319,8 +319,9 @@ def _read_list(path: Path, root: Path) -> list[tuple[str, str]]:
     return items
 
 
-def _list_files(cfg: DataConfig, train_name: str) -> tuple[Path, str, Path, Path]:
+def _list_files(cfg: DataConfig, default_train: str) -> tuple[Path, str, Path, Path]:
     root = Path(cfg.data_root)
+    train_name = cfg.train_split or default_train
     test_name = _not_train(cfg, cfg.test_split or "test", train_name)
     train_file, test_file = root / f"{train_name}.txt", root / f"{test_name}.txt"
     missing = [f.name for f in (train_file, test_file) if not f.is_file()]
@@ -329,15 +330,34 @@ def _list_files(cfg: DataConfig, train_name: str) -> tuple[Path, str, Path, Path
     return root, test_name, train_file, test_file
 
 
+def _read_lists(
+    cfg: DataConfig, root: Path, train_file: Path, test_file: Path, test_name: str
+) -> dict[str, list[tuple[str, str]]]:
+    """Both lists, refusing a test list that shares an image with the training list (e.g.
+    ``val200`` against the default ``train800val200``): scores on seen images mean nothing."""
+    lists = {"train": _read_list(train_file, root), test_name: _read_list(test_file, root)}
+    train_paths = {p for p, _ in lists["train"]}
+    shared = [p for p, _ in lists[test_name] if p in train_paths]
+    if shared:
+        raise ValueError(
+            f"{cfg.dataset}: {len(shared)} image(s) of {test_file.name} are also in "
+            f"{train_file.name} (e.g. {shared[0]}); train on a disjoint list "
+            f"(VTAB-1k tuning: --train-split train800 --test-split val200)"
+        )
+    return lists
+
+
 def _vtab1k(cfg: DataConfig) -> _Raw:
     """One VTAB-1k task in the common list layout (``train800val200.txt`` / ``test.txt``).
 
-    The training pool is all 1,000 images of ``train800val200.txt``; validation is carved from
-    it like for every other data set (``train800.txt`` / ``val200.txt`` are not read). Labels
-    are integers; there are ``max label + 1`` classes, named by their index.
+    The training pool is all 1,000 images of ``train800val200.txt`` (or the list named by
+    ``train_split``, e.g. ``train800`` with ``test_split="val200"`` for the protocol's tuning
+    phase); validation is carved from it like for every other data set unless
+    ``val_fraction=0``. Labels are integers; class names come from ``classes.txt`` (line i
+    names label i) when present, else from the label index.
     """
     root, test_name, train_file, test_file = _list_files(cfg, "train800val200")
-    lists = {"train": _read_list(train_file, root), test_name: _read_list(test_file, root)}
+    lists = _read_lists(cfg, root, train_file, test_file, test_name)
     splits = {}
     for split, items in lists.items():
         try:
@@ -352,6 +372,15 @@ def _vtab1k(cfg: DataConfig) -> _Raw:
     num_classes = 1 + max(int(t.max()) for _, t in splits.values())
     pools, skipped = _file_pools(cfg, root, splits)
     classes = [str(i) for i in range(num_classes)]
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
+        if len(names) < num_classes:
+            raise ValueError(
+                f"vtab1k: {names_file} names {len(names)} classes but the lists use label "
+                f"{num_classes - 1}; give one name per line for labels 0..{num_classes - 1}"
+            )
+        classes = names
     return _Raw(pools["train"], pools[test_name], classes, False, skipped, test_name)
 
 
@@ -363,7 +392,7 @@ def _multilabel(cfg: DataConfig) -> _Raw:
     needs at least one label. Targets are multi-hot ``float32 [C]``; score with mAP.
     """
     root, test_name, train_file, test_file = _list_files(cfg, "train")
-    lists = {"train": _read_list(train_file, root), test_name: _read_list(test_file, root)}
+    lists = _read_lists(cfg, root, train_file, test_file, test_name)
     parsed = {
         split: [(p, [t.strip() for t in labels.split(",") if t.strip()]) for p, labels in items]
         for split, items in lists.items()

@@ -1,0 +1,394 @@
+"""The headline table: the VTAB-1k protocol on the five real tasks of ``vtab-lite.tar``.
+
+Backbone: the shared real DINOv2 ViT-S/14. Tasks: caltech101, flowers102 (natural), eurosat
+(specialized), dsprites_loc, dsprites_ori (structured). Each (task, method) goes through
+``adaptformer vtab``: train on train800 and score val200 for every point of the lr grid, keep
+the best, train on all 1,000 images and score the test list once. Inputs 112 px (8x8 patches),
+no augmentation (the VTAB-1k convention), bf16 autocast, batch 32, AdamW with each method's
+default learning rate times the grid.
+
+Sections (each resumable; rerun the same command after an interruption):
+
+- ``table``: every method on every task, seed 0; AdaptFormer-64 and full fine-tuning also seed 1.
+- ``convergence``: AdaptFormer-64 and full fine-tuning on one task with twice the epochs, at the
+  learning rate the protocol chose.
+- ``precision``: step time of fp32 and bf16 on a real batch, and one final run in fp32 to
+  compare its test top-1 with the bf16 one.
+
+Two processes (one thread each) share the tasks, which is faster on 2 cores than one process
+with two threads. Results go to ``benchmarks/results/vtab_lite.{json,md,png}``; with
+``--update-docs`` the Markdown replaces the VTAB-lite section of ``docs/results.md``.
+
+Usage::
+
+    python benchmarks/vtab_lite.py --checkpoint ../shared/assets/vit_small_patch14_dinov2.imgfocus.safetensors --update-docs
+    python benchmarks/vtab_lite.py --plan          # what would run, and the estimated hours
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from _docs import update_docs  # benchmarks/ is on sys.path when a script runs
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADAPTFORMER_SHARED", ROOT.parent / "shared"))
+BACKBONE = SHARED / "assets" / "vit_small_patch14_dinov2.imgfocus.safetensors"
+RESULTS = ROOT / "benchmarks" / "results"
+
+TASKS = ("caltech101", "flowers102", "eurosat", "dsprites_loc", "dsprites_ori")
+METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "adaptformer-64")
+DECIDING = ("adaptformer-64", "full")  # the two methods run with a second seed
+# The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
+# on one natural-image and one structured task, every method kind, three points.
+SWEEP_TASKS = ("eurosat", "dsprites_loc")
+SWEEP_METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-64")
+LR_GRID = (0.3, 1.0, 3.0)
+EPOCHS = 6
+CONVERGENCE_TASK = "eurosat"
+COMMON = {
+    "model": "vit_small_patch14_dinov2",
+    "img_size": 112,
+    "augment": "none",
+    "batch_size": 32,
+    "epochs": EPOCHS,
+    "precision": "bf16",
+    "workers": 0,
+}
+# Measured images/s of one training process (1 thread, bf16, 112 px) beside a second one on the
+# 2-core machine, for --plan only; evaluation runs at about 55 images/s per process.
+_SPEED = {"linear": 45, "full": 12, "bitfit": 14, "vpt": 14, "lora": 14, "adaptformer": 18}
+_EVAL_SPEED = 55
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in options.items():
+        out += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, (list, tuple)) else [v])]
+    return out
+
+
+def vtab_command(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid,
+                 **overrides: Any) -> list[str]:  # fmt: skip
+    """The ``adaptformer vtab`` command line of one share of the work."""
+    return [
+        sys.executable, "-m", "adaptformer", "vtab", "--root", str(data), "--output", str(out),
+        "--checkpoint", str(checkpoint), "--tasks", *tasks, "--methods", *methods,
+        "--seeds", *map(str, seeds), "--lr-grid", *map(str, grid),
+        *_flags({**COMMON, **overrides}),
+    ]  # fmt: skip
+
+
+def collect(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid,
+            tune_only: bool = False, **over: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """The result rows of finished runs (the protocol again, with nothing left to train)."""
+    from adaptformer.train_config import TrainConfig
+    from adaptformer.vtab import Protocol, run_protocol
+
+    base = {**COMMON, **over, "checkpoint": str(checkpoint)}
+    p = Protocol(Path(data), tuple(tasks), tuple(methods), tuple(seeds), tuple(grid), out, base,
+                 tune_only)  # fmt: skip
+
+    def unfinished(cfg: TrainConfig, **_: Any) -> dict[str, Any]:
+        raise SystemExit(f"{cfg.output} has not finished; rerun without --report")
+
+    return run_protocol(p, unfinished, report=lambda _: None)
+
+
+def ensure_data(dest: Path) -> Path:
+    root = dest / "vtab-lite"
+    if not (root / TASKS[-1] / "test.txt").is_file():
+        tar = SHARED / "data" / "vtab-lite.tar"
+        if not tar.is_file():
+            raise SystemExit(f"{tar} not found: set ADAPTFORMER_SHARED to the shared folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar) as tf:
+            tf.extractall(dest, filter="data")
+    return root
+
+
+def step_times(checkpoint: Path, data: Path, steps: int = 6) -> list[dict[str, Any]]:
+    """Training images/s of fp32 and bf16 on real eurosat images (2 threads, batch 32)."""
+    import torch
+
+    import adaptformer as af
+    from adaptformer.engine import autocast
+
+    lines = (data / CONVERGENCE_TASK / "train800.txt").read_text().splitlines()[:32]
+    from PIL import Image
+    from torchvision.transforms.functional import normalize, pil_to_tensor, resize
+
+    x = torch.stack([normalize(resize(pil_to_tensor(Image.open(data / CONVERGENCE_TASK
+                     / ln.rsplit(maxsplit=1)[0]).convert("RGB")), [112, 112]).float() / 255,
+                     [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) for ln in lines])  # fmt: skip
+    y = torch.tensor([int(ln.rsplit(maxsplit=1)[1]) for ln in lines])
+    rows = []
+    for method in ("adaptformer", "full"):
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = af.create_backbone(COMMON["model"], checkpoint=checkpoint, img_size=112)
+            af.inject(model, af.AdapterConfig(method=method), num_classes=10)
+            af.mark_trainable(model, method)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+            times = []
+            for _ in range(steps + 1):
+                t = time.perf_counter()
+                with autocast(torch.device("cpu"), precision):
+                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                times.append(time.perf_counter() - t)
+            med = sorted(times[1:])[len(times[1:]) // 2]
+            rows.append({"method": method, "precision": precision, "seconds_per_step": med,
+                         "images_per_s": len(x) / med})  # fmt: skip
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu": cpu,
+            "cores": os.cpu_count(), "torch": torch.__version__}  # fmt: skip
+
+
+def _seconds(spec: str, train_images: int, eval_images: int) -> float:
+    return train_images / _SPEED[spec.split("-")[0]] + eval_images / _EVAL_SPEED
+
+
+def plan() -> dict[str, float]:
+    """Estimated hours per section on 2 cores (two processes side by side)."""
+    test = 2000
+    sweep = sum(len(LR_GRID) * _seconds(m, 800 * EPOCHS, 200 * 1)
+                for m in SWEEP_METHODS for _ in SWEEP_TASKS)  # fmt: skip
+    table = sum((2 if m in DECIDING else 1) * _seconds(m, 1000 * EPOCHS, test)
+                for m in METHODS for _ in TASKS)  # fmt: skip
+    conv = sum(_seconds(m, 2000 * EPOCHS, test) for m in DECIDING)
+    fp32 = 1.5 * _seconds("adaptformer", 1000 * EPOCHS, test)
+    hours = {
+        k: v / 3600 / 2
+        for k, v in {
+            "defaults": sweep,
+            "table": table,
+            "convergence": conv,
+            "precision": fp32,
+        }.items()
+    }
+    return {**hours, "total": sum(hours.values())}
+
+
+def run_queue(units: list[list[str]], logs: Path, workers: int = 2) -> None:
+    """Run ``adaptformer vtab`` invocations, ``workers`` at a time with one thread each.
+
+    Units are single (task, method) pairs, so the two processes stay busy until the end; each
+    unit resumes on its own, so a rerun after an interruption repeats no finished run.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, failed, lock = list(units), [], threading.Lock()
+
+    def worker(i: int) -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                cmd = pending.pop(0)
+            with (logs / f"worker{i}.log").open("a") as log:
+                log.write("$ " + " ".join(cmd[1:]) + "\n")
+                log.flush()
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if code:
+                failed.append(" ".join(cmd[3:]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise SystemExit(f"{len(failed)} unit(s) failed (see {logs}): {failed[0]}")
+
+
+SECTIONS = ("defaults", "table", "convergence", "precision")
+# Published VTAB-1k means (V-PETL Bench, ViT-B/16 IN-21k, 19 tasks): the ordering to compare with.
+PUBLISHED = {"linear": 52.9, "full": 65.6, "vpt": 69.4, "lora": 72.3, "adaptformer": 72.3}
+
+
+def render(result: dict[str, Any], images: Path) -> str:
+    """The docs section from whichever sections have finished: table, defaults, checks."""
+    from adaptformer.vtab import format_table, summarize
+
+    m, c = result["machine"], result["common"]
+    rows = result.get("rows", [])
+    lines = [
+        f"Command: `python benchmarks/vtab_lite.py --update-docs` ({m['date']}, {m['cpu']}, "
+        f"{m['cores']} cores, torch {m['torch']}, two processes of one thread each). Shared "
+        f"DINOv2 ViT-S/14, {c['img_size']} px ({c['img_size'] // 14}x{c['img_size'] // 14} "
+        f"patches), no augmentation, batch {c['batch_size']}, {c['epochs']} epochs, AdamW, "
+        f"{c['precision']} autocast, each method's default learning rate (below). Every model "
+        "trains on all 1,000 images (train800val200) and is scored once on the test list "
+        "(last epoch). Test top-1 %; "
+        f"{' and '.join(DECIDING)}: mean ± sd over seeds 0 and 1, the others seed 0.",
+        "",
+    ]
+    if rows:
+        lines += [format_table(rows), "", "![VTAB-lite group means](vtab_lite.png)", ""]
+        _plot(summarize(rows), images / "vtab_lite.png")
+    else:
+        lines += ["*The table has not been run yet.*", ""]
+    if result.get("sweep"):
+        lines += _defaults_section(result["sweep"], result["lr_grid"])
+    by_key = {(r["task"], r["method"], r["seed"]): r for r in rows}
+    conv = [
+        r for r in result.get("convergence", []) if (r["task"], r["method"], r["seed"]) in by_key
+    ]
+    if conv:
+        lines += ["", "**Convergence** (same task, same learning rate, twice the epochs):", "",
+                  "| method | task | epochs | test top-1 | doubled epochs | test top-1 | change |",
+                  "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in conv:
+            base = by_key[(r["task"], r["method"], r["seed"])]
+            lines.append(f"| {r['method']} | {r['task']} | {base['epochs']} | "
+                         f"{base['test_top1']:.1f} | {r['epochs']} | {r['test_top1']:.1f} | "
+                         f"{r['test_top1'] - base['test_top1']:+.1f} |")  # fmt: skip
+    if result.get("step_times"):
+        lines += ["", "**fp32 or bf16** (training step, batch 32 of real eurosat images, 112 px, "
+                  "one process, 2 threads):", "", "| method | fp32 images/s | bf16 images/s |",
+                  "|---|---:|---:|"]  # fmt: skip
+        st = result["step_times"]["rows"]
+        for meth in dict.fromkeys(r["method"] for r in st):
+            v = {r["precision"]: r["images_per_s"] for r in st if r["method"] == meth}
+            lines.append(f"| {meth} | {v['fp32']:.1f} | {v['bf16']:.1f} |")
+        for r in result.get("fp32", []):
+            b = by_key.get((r["task"], r["method"], r["seed"]))
+            if b:
+                lines += ["", f"Accuracy: {r['method']} on {r['task']} (seed {r['seed']}, same "
+                          f"learning rate) scores {r['test_top1']:.1f} in fp32 and "
+                          f"{b['test_top1']:.1f} in bf16."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _defaults_section(rows, grid) -> list[str]:
+    """Mean val200 top-1 per method and grid point: where the default learning rates come from."""
+    tasks = ", ".join(dict.fromkeys(r["task"] for r in rows))
+    out = ["**Default learning rates.** The protocol's tuning phase (train800 -> val200, seed 0) "
+           f"on {tasks}: mean val200 top-1 for each multiple of the method's default base lr "
+           "(per 256 images). `adaptformer train` uses the default (x1) when no `--lr`/`--blr` "
+           "is given:", "",
+           "| method | default blr | " + " | ".join(f"x{g:g}" for g in grid) + " | best |",
+           "|---|---:|" + "---:|" * (len(grid) + 1)]  # fmt: skip
+    for spec in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == spec and r["val200_top1"]]
+        if not mine:
+            continue
+        default = mine[0]["default_blr"]
+        means = []
+        for g in grid:
+            key = f"{default * g:.3g}"
+            vals = [r["val200_top1"][key] for r in mine if key in r["val200_top1"]]
+            means.append(sum(vals) / len(vals) if vals else float("nan"))
+        best = grid[max(range(len(grid)), key=lambda i: means[i])]
+        out.append(f"| {spec} | {default:g} | " + " | ".join(f"{v:.1f}" for v in means)
+                   + f" | x{best:g} |")  # fmt: skip
+    return out
+
+
+def _plot(summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ["natural", "specialized", "structured", "mean"]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / max(len(summary), 1)
+    for i, s in enumerate(summary):
+        vals = [s["groups"].get(g, 0.0) for g in groups[:3]] + [s["mean"]]
+        ax.bar([j + i * width for j in range(len(groups))], vals, width, label=s["method"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("VTAB-lite (5 VTAB-1k tasks), ViT-S/14 at 112 px")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, default=BACKBONE)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "vtab-lite",
+                    help="run folders and the unpacked data (default: runs/vtab-lite)")  # fmt: skip
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--report", action="store_true", help="only rebuild the results files")
+    ap.add_argument("--plan", action="store_true", help="print the estimated time and stop")
+    ap.add_argument("--update-docs", action="store_true")
+    args = ap.parse_args()
+    if args.plan:
+        print(json.dumps({k: round(v, 2) for k, v in plan().items()}), "hours on 2 cores")
+        return
+    data = ensure_data(args.work / "data")
+    ck = args.checkpoint.resolve()
+    w = args.work
+    units: list[list[str]] = []
+    if "defaults" in args.sections:
+        units += [vtab_command(data, w / "sweep", ck, [t], [m], (0,), LR_GRID, tune_only=True)
+                  for m in SWEEP_METHODS for t in SWEEP_TASKS]  # fmt: skip
+    if "table" in args.sections:
+        units += [vtab_command(data, w / "runs", ck, [t], [m], (0, 1) if m in DECIDING else (0,),
+                               (1.0,)) for m in METHODS for t in TASKS]  # fmt: skip
+    if "convergence" in args.sections:
+        units += [vtab_command(data, w / "convergence", ck, [CONVERGENCE_TASK], [m], (0,), (1.0,),
+                               epochs=2 * EPOCHS) for m in DECIDING]  # fmt: skip
+    if "precision" in args.sections:
+        units.append(vtab_command(data, w / "fp32", ck, [CONVERGENCE_TASK], ["adaptformer-64"],
+                                  (0,), (1.0,), precision="fp32"))  # fmt: skip
+    if not args.report:
+        run_queue(units, w / "logs")
+    result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID}
+    if "defaults" in args.sections:
+        result["sweep"] = collect(data, w / "sweep", ck, SWEEP_TASKS, SWEEP_METHODS, (0,),
+                                  LR_GRID, tune_only=True)  # fmt: skip
+    if "table" in args.sections:
+        rows = collect(data, w / "runs", ck, TASKS, METHODS, (0,), (1.0,))
+        rows += [r for r in collect(data, w / "runs", ck, TASKS, DECIDING, (0, 1), (1.0,))
+                 if r["seed"]]  # fmt: skip
+        result["rows"] = rows
+    if "convergence" in args.sections:
+        result["convergence"] = collect(data, w / "convergence", ck, [CONVERGENCE_TASK],
+                                        DECIDING, (0,), (1.0,), epochs=2 * EPOCHS)  # fmt: skip
+    if "precision" in args.sections:
+        result["fp32"] = collect(data, w / "fp32", ck, [CONVERGENCE_TASK], ["adaptformer-64"],
+                                 (0,), (1.0,), precision="fp32")  # fmt: skip
+        times = RESULTS / "vtab_lite_step_times.json"
+        if not args.report or not times.is_file():
+            times.write_text(json.dumps({"machine": machine(), "rows": step_times(ck, data)},
+                                        indent=2) + "\n")  # fmt: skip
+        result["step_times"] = json.loads(times.read_text())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = RESULTS / "vtab_lite.json"
+    merged = {**(json.loads(record.read_text()) if record.is_file() else {}), **result}
+    record.write_text(json.dumps(merged, indent=2) + "\n")
+    markdown = render(merged, RESULTS)
+    (RESULTS / "vtab_lite.md").write_text(markdown + "\n")
+    print(markdown)
+    if args.update_docs:
+        update_docs(markdown, ROOT / "docs" / "results.md", "vtab-lite", images=RESULTS)
+
+
+if __name__ == "__main__":
+    main()

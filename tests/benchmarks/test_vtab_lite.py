@@ -1,0 +1,73 @@
+"""benchmarks/vtab_lite.py: valid commands, a time estimate inside the budget, the docs section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptformer.cli import build_parser
+
+from .conftest import load_script
+
+
+def test_every_command_is_a_valid_vtab_invocation():
+    script = load_script("vtab_lite")
+    cmd = script.vtab_command(Path("d"), Path("o"), Path("c.safetensors"), ["eurosat"],
+                              script.METHODS, (0, 1), script.LR_GRID, epochs=20)  # fmt: skip
+    args = build_parser().parse_args(cmd[3:])
+    assert args.command == "vtab" and args.methods == list(script.METHODS)
+    assert args.epochs == 20 and args.img_size >= 112 and args.precision == "bf16"
+
+
+def test_the_plan_fits_the_five_hour_budget():
+    script = load_script("vtab_lite")
+    hours = script.plan()
+    assert hours["total"] <= 5.0 and set(hours) == {*script.SECTIONS, "total"}
+
+
+def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
+    script = load_script("vtab_lite")
+    rows = []
+    for task, group in (("eurosat", "specialized"), ("dsprites_loc", "structured")):
+        for method, score in (("linear", 50.0), ("adaptformer-64", 80.0)):
+            rows.append(
+                {
+                    "task": task,
+                    "group": group,
+                    "method": method,
+                    "seed": 0,
+                    "blr": 4e-3,
+                    "default_blr": 4e-3,
+                    "epochs": 10,
+                    "val200_top1": {"0.0012": score - 5, "0.004": score, "0.012": score - 1},
+                    "test_top1": score,
+                    "trainable_params": 5e5,
+                    "artifact_bytes": 2**21,
+                }
+            )
+    sweep = [{k: r[k] for k in ("task", "method", "default_blr", "blr", "val200_top1")}
+             for r in rows]  # fmt: skip
+    result = {
+        "machine": {"date": "2026-12-01", "cpu": "cpu", "cores": 2, "torch": "2"},
+        "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "rows": rows, "sweep": sweep,
+        "convergence": [{**rows[1], "epochs": 20, "test_top1": 80.5}],
+        "step_times": {"rows": [{"method": "adaptformer", "precision": p, "images_per_s": v}
+                                for p, v in (("fp32", 25.0), ("bf16", 36.0))]},
+        "fp32": [{**rows[1], "test_top1": 79.0}],
+    }  # fmt: skip
+    md = script.render(result, tmp_path)
+    assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 80.0 | 80.0 |" in md
+    assert "| adaptformer-64 | 0.004 | 75.0 | 80.0 | 79.0 | x1 |" in md
+    assert "| adaptformer-64 | eurosat | 10 | 80.0 | 20 | 80.5 | +0.5 |" in md
+    assert "on eurosat, dsprites_loc: mean val200" in md
+    assert "| adaptformer | 25.0 | 36.0 |" in md and "scores 79.0 in fp32 and 80.0 in bf16" in md
+    assert (tmp_path / "vtab_lite.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_of_a_sweep_alone_says_the_table_is_pending(tmp_path):
+    script = load_script("vtab_lite")
+    sweep = [{"task": "eurosat", "method": "full", "default_blr": 4e-4, "blr": 4e-4,
+              "val200_top1": {"0.00012": 70.0, "0.0004": 75.0, "0.0012": 60.0}}]  # fmt: skip
+    result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "2"},
+              "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "sweep": sweep}  # fmt: skip
+    md = script.render(result, tmp_path)
+    assert "has not been run yet" in md and "| full | 0.0004 | 70.0 | 75.0 | 60.0 | x1 |" in md
