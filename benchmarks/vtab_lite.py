@@ -73,9 +73,14 @@ _EVAL_SPEED = 55
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
+    """``{"img_size": 112, "tune_only": True}`` -> ``--img-size 112 --tune-only``."""
     out = []
     for k, v in options.items():
-        out += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, (list, tuple)) else [v])]
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, bool):
+            out += [flag] if v else []
+        else:
+            out += [flag, *map(str, v if isinstance(v, (list, tuple)) else [v])]
     return out
 
 

@@ -16,6 +16,9 @@ def test_every_command_is_a_valid_vtab_invocation():
     args = build_parser().parse_args(cmd[3:])
     assert args.command == "vtab" and args.methods == list(script.METHODS)
     assert args.epochs == 20 and args.img_size >= 112 and args.precision == "bf16"
+    tune = script.vtab_command(Path("d"), Path("o"), Path("c"), ["eurosat"], ["full"], (0,),
+                               script.LR_GRID, tune_only=True)  # fmt: skip
+    assert build_parser().parse_args(tune[3:]).tune_only
 
 
 def test_the_plan_fits_the_five_hour_budget():
