@@ -13,7 +13,11 @@ from safetensors.torch import load_file
 
 from .runs import make_checkpoint, make_image_folder, run_cli, train_args
 
-DETERMINISTIC = ["--augment", "none", "--adapter-dropout", "0", "--epochs", "2"]
+# SGD: the all-reduce sums gradients in another order than one process does, and AdamW's
+# division by sqrt(v) magnifies that rounding for tiny gradients (1.8e-5 seen); SGD keeps the
+# two runs within 1e-5, which is what this test is about (the same batches and gradients).
+DETERMINISTIC = ["--augment", "none", "--adapter-dropout", "0", "--epochs", "2",
+                 "--optimizer", "sgd"]  # fmt: skip
 
 
 @pytest.mark.slow

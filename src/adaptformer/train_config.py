@@ -134,7 +134,7 @@ class TrainConfig:
         "linear warm-up epochs (per step), then half-cycle cosine to min_lr; "
         f"default {WARMUP_FRACTION:g} of the run",
     )
-    batch_size: int = _f(64, "images per process per step (before accumulation)")
+    batch_size: int = _f(32, "images per process per step (before accumulation)")
     accum_steps: int = _f(1, "gradient accumulation steps")
     optimizer: str = _f(
         "adamw",
