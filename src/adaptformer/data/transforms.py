@@ -17,6 +17,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from .safe import to_rgb
+
 # The paper's test-time ratio of crop to resized side: 224 / 256.
 EVAL_CROP_PCT = 0.875
 
@@ -37,7 +39,7 @@ class ToRGB:
     """
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img if img.mode == "RGB" else to_rgb(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
