@@ -26,7 +26,7 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
-def _is_finite(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
     """A real number that is not NaN or infinite (configs are read from untrusted JSON, which
     allows NaN); ``bool`` is not a number here."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -103,9 +103,9 @@ class AdapterConfig:
             yield f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}"
         if not _is_positive_int(self.bottleneck):
             yield f"bottleneck={self.bottleneck!r} must be a positive integer (paper: 64)"
-        if self.scale != "learnable" and not _is_finite(self.scale):
+        if self.scale != "learnable" and not is_finite_number(self.scale):
             yield f"scale={self.scale!r} must be a finite number (paper: 0.1) or 'learnable'"
-        if not _is_finite(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             yield f"dropout={self.dropout!r} must be in [0, 1)"
         if self.layernorm not in ("none", "in", "out"):
             yield f"layernorm={self.layernorm!r} must be 'none', 'in' or 'out'"
@@ -122,7 +122,7 @@ class AdapterConfig:
             yield f"prompt_tokens={self.prompt_tokens!r} must be a positive integer"
         if self.prompt_mode not in ("deep", "shallow"):
             yield f"prompt_mode={self.prompt_mode!r} must be 'deep' or 'shallow'"
-        if not _is_finite(self.lora_alpha) or self.lora_alpha <= 0:
+        if not is_finite_number(self.lora_alpha) or self.lora_alpha <= 0:
             yield f"lora_alpha={self.lora_alpha!r} must be a positive finite number"
         if not isinstance(self.head_batchnorm, bool):
             yield f"head_batchnorm={self.head_batchnorm!r} must be true or false"

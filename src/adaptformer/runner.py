@@ -558,7 +558,7 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
         if scaler and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise _damaged_checkpoint(path, f"optimizer or random state: {first_line(e)}") from None
     _load_task_state(run.model, ckpt["task_state"])
     return ckpt["next_epoch"], ckpt["history"], ckpt["best"]

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import AdapterConfig
+from .config import AdapterConfig, is_finite_number
 from .files import (
     FLOAT_DTYPES,
     TensorInfo,
@@ -149,6 +149,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         )
         if not ok
     ]
+    problems += _metadata_problems(info.get("metadata", {}))
     if problems:
         raise ValueError(f"{path} is damaged: {'; '.join(problems)}; save the adapter again")
     try:
@@ -156,6 +157,34 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from None
     return {"backbone": {}, "metadata": {}, **info}
+
+
+def _metadata_problems(meta: Any) -> list[str]:
+    """Type problems of the metadata ``adaptformer train`` writes (checked when present, since
+    eval/predict/tasks use them to rebuild the preprocessing and name the classes)."""
+    if not isinstance(meta, dict):
+        return []  # reported as "metadata must be a mapping"
+    checks = {
+        "classes": ("a list of names", lambda v: isinstance(v, list)
+                    and all(isinstance(c, str) for c in v)),
+        "multilabel": ("true or false", lambda v: isinstance(v, bool)),
+        "video": ("true or false", lambda v: isinstance(v, bool)),
+        "mean": ("3 finite numbers", _three_numbers),
+        "std": ("3 finite numbers", _three_numbers),
+        "interpolation": ("a filter name", lambda v: isinstance(v, str)),
+        "img_size": ("a positive whole number", lambda v: _is_count(v) and v > 0),
+        "model": ("a name", lambda v: isinstance(v, str)),
+        "backbone_sha256": ("a hex digest", lambda v: isinstance(v, str)),
+    }  # fmt: skip
+    return [
+        f"metadata {key} must be {kind}"
+        for key, (kind, ok) in checks.items()
+        if key in meta and not ok(meta[key])
+    ]
+
+
+def _three_numbers(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(is_finite_number(x) for x in v)
 
 
 def _is_count(x: Any) -> bool:

@@ -59,10 +59,14 @@ def resolve_interpolation(interpolation: str | InterpolationMode) -> Interpolati
 
 
 def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    if len(mean) != 3 or len(std) != 3:
+    try:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise ValueError(f"mean={mean!r} and std={std!r} must be lists of numbers") from None
+    if len(mean) != 3 or len(std) != 3 or not all(map(math.isfinite, mean + std)):
         raise ValueError(
-            f"mean={mean} and std={std} must have 3 values each (images are converted to RGB)"
+            f"mean={mean} and std={std} must have 3 finite values each (images are converted to "
+            "RGB)"
         )
     if any(s <= 0 for s in std):
         raise ValueError(f"std={std} must be positive")
