@@ -134,14 +134,19 @@ def test_names_must_match_whole(tmp_path, runs, name):
     assert not (tmp_path / "reg").exists() or list((tmp_path / "reg").iterdir()) == []
 
 
-def test_a_tampered_registry_cannot_remove_outside_it(tmp_path, runs):
-    """registry.json key ``../victim`` plus `tasks remove ../victim` deleted a folder outside."""
-    _, a, _ = runs
+def _registry_and_victim(tmp_path, run):
+    """A registry with task ``alpha`` and a folder outside it that must survive."""
     reg = af.TaskRegistry(tmp_path / "reg")
-    reg.add("alpha", a)
+    reg.add("alpha", run)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep")
+    return reg, victim
+
+
+def test_a_tampered_registry_cannot_remove_outside_it(tmp_path, runs):
+    """registry.json key ``../victim`` plus `tasks remove ../victim` deleted a folder outside."""
+    reg, victim = _registry_and_victim(tmp_path, runs[1])
     index = json.loads((reg.root / "registry.json").read_text())
     index["tasks"]["../victim"] = index["tasks"]["alpha"]
     (reg.root / "registry.json").write_text(json.dumps(index))
@@ -152,14 +157,9 @@ def test_a_tampered_registry_cannot_remove_outside_it(tmp_path, runs):
 
 
 def test_a_task_folder_that_is_a_link_is_refused(tmp_path, runs):
-    _, a, _ = runs
-    reg = af.TaskRegistry(tmp_path / "reg")
-    reg.add("alpha", a)
-    victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "precious.txt").write_text("keep")
     import shutil
 
+    reg, victim = _registry_and_victim(tmp_path, runs[1])
     shutil.rmtree(reg.root / "alpha")
     (reg.root / "alpha").symlink_to(victim, target_is_directory=True)
     with pytest.raises(ValueError, match="is a link or lies outside the registry"):

@@ -82,9 +82,9 @@ def _tensor_info(path: Path, name: str, entry: Any, data: int) -> TensorInfo:
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in SAFETENSORS_DTYPES:
         raise _damaged(path, f"{name} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_count(d) for d in shape):
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
         raise _damaged(path, f"{name} has shape {shape!r}, not a list of sizes")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(o) for o in offsets)):
         raise _damaged(path, f"{name} has data_offsets {offsets!r}")
     begin, end = offsets
     if not begin <= end <= data or end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
@@ -94,7 +94,8 @@ def _tensor_info(path: Path, name: str, entry: Any, data: int) -> TensorInfo:
     return TensorInfo(dtype, tuple(shape))
 
 
-def _count(x: Any) -> bool:
+def is_count(x: Any) -> bool:
+    """A whole number >= 0 (``bool`` is not one), as sizes in untrusted files must be."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 

@@ -22,6 +22,7 @@ from .files import (
     TensorInfo,
     atomic_path,
     atomic_write_text,
+    is_count,
     read_json,
     read_safetensors,
     safetensors_header,
@@ -143,7 +144,7 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         f"{key} must be {kind}"
         for key, kind, ok in (
             ("config", "a mapping of AdapterConfig fields", isinstance(info.get("config"), dict)),
-            ("num_classes", "a whole number >= 0", _is_count(info.get("num_classes"))),
+            ("num_classes", "a whole number >= 0", is_count(info.get("num_classes"))),
             ("backbone", "a mapping", isinstance(info.get("backbone", {}), dict)),
             ("metadata", "a mapping", isinstance(info.get("metadata", {}), dict)),
         )
@@ -172,7 +173,7 @@ def _metadata_problems(meta: Any) -> list[str]:
         "mean": ("3 finite numbers", _three_numbers),
         "std": ("3 finite numbers", _three_numbers),
         "interpolation": ("a filter name", lambda v: isinstance(v, str)),
-        "img_size": ("a positive whole number", lambda v: _is_count(v) and v > 0),
+        "img_size": ("a positive whole number", lambda v: is_count(v) and v > 0),
         "model": ("a name", lambda v: isinstance(v, str)),
         "backbone_sha256": ("a hex digest", lambda v: isinstance(v, str)),
     }  # fmt: skip
@@ -185,10 +186,6 @@ def _metadata_problems(meta: Any) -> list[str]:
 
 def _three_numbers(v: Any) -> bool:
     return isinstance(v, list) and len(v) == 3 and all(is_finite_number(x) for x in v)
-
-
-def _is_count(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
