@@ -65,8 +65,8 @@ def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[floa
         raise ValueError(f"mean={mean!r} and std={std!r} must be lists of numbers") from None
     if len(mean) != 3 or len(std) != 3 or not all(map(math.isfinite, mean + std)):
         raise ValueError(
-            f"mean={mean} and std={std} must have 3 finite values each (images are converted to "
-            "RGB)"
+            f"mean={mean} and std={std} must have 3 values each, all finite (images are "
+            "converted to RGB)"
         )
     if any(s <= 0 for s in std):
         raise ValueError(f"std={std} must be positive")
