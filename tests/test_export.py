@@ -95,3 +95,18 @@ def test_bad_format_or_task_is_a_clear_error(model, tmp_path):
         export_model(model, tmp_path / "m", "tflite")
     with pytest.raises(ValueError, match="cannot export task"):
         export_model(model, tmp_path / "m.onnx", "torchscript", tasks=["ada", "nope"])
+
+
+def test_a_batchnorm_head_exports_to_onnx(tmp_path):
+    """`export --format onnx` of a linear --head-batchnorm run failed with a SymbolicValueError."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = tiny_vit(depth=2)
+    af.inject(m, af.AdapterConfig(method="linear", head_batchnorm=True), num_classes=3)
+    norm = m.head[0]
+    with torch.no_grad():
+        norm.running_mean.normal_(0.0, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    result = export_model(m.eval(), tmp_path / "bn.onnx", format="onnx")
+    assert result.max_abs_error < 1e-4
+    assert "forward" not in vars(norm)  # the model itself is left as it was

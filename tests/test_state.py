@@ -122,3 +122,122 @@ def test_adapter_file_is_about_one_percent_for_vit_b(tmp_path):
     size = (tmp_path / "adapter_model.safetensors").stat().st_size
     full = sum(p.numel() * 4 for p in model.parameters())
     assert size < 0.02 * full
+
+
+# -- untrusted files: damaged, inconsistent or hostile adapters ------------------------------
+
+
+def _saved(tmp_path, method="adaptformer", **cfg):
+    model, backbone = _trained(method, **cfg)
+    af.save_adapter(model, tmp_path / "a")
+    return tmp_path / "a", backbone
+
+
+def _edit_config(directory, edit) -> None:
+    path = directory / "adapter_config.json"
+    info = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(info)))
+
+
+def _refused(directory, backbone, match):
+    """load_adapter raises a one-line ValueError matching ``match`` and changes nothing."""
+    fresh = _fresh(backbone)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=match) as err:
+        af.load_adapter(fresh, directory)
+    assert "\n" not in str(err.value)
+    assert not hasattr(fresh, "adaptformer")
+    after = fresh.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda info: [info], "not an adaptformer adapter file"),
+        (lambda info: {**info, "config": []}, "config must be a mapping"),
+        (lambda info: {**info, "num_classes": "2"}, "num_classes must be a whole number"),
+        (lambda info: {**info, "num_classes": True}, "num_classes must be a whole number"),
+        (lambda info: {**info, "metadata": 3}, "metadata must be a mapping"),
+        (lambda info: {k: v for k, v in info.items() if k != "config"}, "config must be"),
+        (lambda info: {**info, "config": {**info["config"], "scale": float("nan")}}, "scale=nan"),
+        (lambda info: {**info, "config": {**info["config"], "bottleneck": "4"}}, "bottleneck="),
+        (lambda info: {**info, "config": {**info["config"], "layers": 3}}, "layers=3"),
+    ],
+)
+def test_bad_config_types_are_one_line_errors(tmp_path, edit, match):
+    directory, backbone = _saved(tmp_path)
+    _edit_config(directory, edit)
+    _refused(directory, backbone, match)
+
+
+def test_config_that_is_not_json_is_a_one_line_error(tmp_path):
+    directory, backbone = _saved(tmp_path)
+    (directory / "adapter_config.json").write_text("{not json")
+    _refused(directory, backbone, "is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("method", "cfg", "field", "match"),
+    [
+        ("adaptformer", {}, "bottleneck", "bottleneck=1000000000 but the file has blocks"),
+        ("lora", {}, "bottleneck", "bottleneck=1000000000 but the file has blocks"),
+        ("vpt", {"prompt_tokens": 2}, "prompt_tokens", "prompt_tokens=1000000000 but the file"),
+        ("adaptformer", {}, "num_classes", "num_classes=1000000000 but the file has head.weight"),
+    ],
+)
+def test_huge_sizes_are_refused_before_allocating(tmp_path, monkeypatch, method, cfg, field, match):
+    """A config asking for 10**9 classes or bottleneck units never reaches inject()."""
+    directory, backbone = _saved(tmp_path, method, **cfg)
+    if field == "num_classes":
+        _edit_config(directory, lambda info: {**info, "num_classes": 10**9})
+    else:
+        _edit_config(directory, lambda info: {**info, "config": {**info["config"], field: 10**9}})
+
+    def no_inject(*args, **kwargs):
+        raise AssertionError("inject() called with sizes the file does not back")
+
+    monkeypatch.setattr("adaptformer.state.inject", no_inject)
+    _refused(directory, backbone, match)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda b: b"", "too short for a header"),
+        (lambda b: b[: len(b) // 2], "not a valid safetensors file"),
+        (lambda b: b"\x13garbage" * 40, "not a valid safetensors file"),
+    ],
+)
+def test_truncated_empty_or_garbage_weights_are_one_line_errors(tmp_path, damage, match):
+    directory, backbone = _saved(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    _refused(directory, backbone, match)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda t: t.fill_(float("nan")), "NaN or infinite values in blocks.0.adaptmlp.up_proj"),
+        (lambda t: t.fill_(float("inf")), "NaN or infinite values in blocks.0.adaptmlp.up_proj"),
+        (lambda t: t.long(), r"blocks.0.adaptmlp.up_proj.weight \(file torch.int64"),
+        (lambda t: t.bool(), "not floating point: blocks.0.adaptmlp.up_proj.weight"),
+    ],
+)
+def test_numbers_that_are_not_numbers_are_refused_by_name(tmp_path, change, match):
+    from safetensors.torch import save_file
+
+    directory, backbone = _saved(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = "blocks.0.adaptmlp.up_proj.weight"
+    tensors[key] = change(tensors[key].clone())
+    save_file(tensors, str(weights))
+    _refused(directory, backbone, match)
+
+
+def test_head_batchnorm_counter_stays_an_integer_tensor(tmp_path):
+    """The one integer tensor a file may hold (BatchNorm's counter) still loads."""
+    directory, backbone = _saved(tmp_path, "linear", head_batchnorm=True)
+    af.load_adapter(_fresh(backbone), directory)

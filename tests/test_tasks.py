@@ -120,3 +120,70 @@ def test_index_is_json_with_provenance(tmp_path, runs):
     assert index["format"] == "adaptformer-tasks/1"
     assert index["tasks"]["alpha"]["source"] == str(a.resolve())
     assert index["backbone"]["model"] == "tiny" and index["backbone"]["img_size"] == 32
+
+
+# -- untrusted names, registries and task files ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["nl\n", "a\n", "../x", "", "a/b", " a"])
+def test_names_must_match_whole(tmp_path, runs, name):
+    _, a, _ = runs
+    reg = af.TaskRegistry(tmp_path / "reg")
+    with pytest.raises(ValueError, match="may only hold"):
+        reg.add(name, a)
+    assert not (tmp_path / "reg").exists() or list((tmp_path / "reg").iterdir()) == []
+
+
+def _registry_and_victim(tmp_path, run):
+    """A registry with task ``alpha`` and a folder outside it that must survive."""
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", run)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    return reg, victim
+
+
+def test_a_tampered_registry_cannot_remove_outside_it(tmp_path, runs):
+    """registry.json key ``../victim`` plus `tasks remove ../victim` deleted a folder outside."""
+    reg, victim = _registry_and_victim(tmp_path, runs[1])
+    index = json.loads((reg.root / "registry.json").read_text())
+    index["tasks"]["../victim"] = index["tasks"]["alpha"]
+    (reg.root / "registry.json").write_text(json.dumps(index))
+    for call in (lambda: reg.remove("../victim"), reg.names, reg.list):
+        with pytest.raises(ValueError, match="damaged|may only hold"):
+            call()
+    assert (victim / "precious.txt").read_text() == "keep"
+
+
+def test_a_task_folder_that_is_a_link_is_refused(tmp_path, runs):
+    import shutil
+
+    reg, victim = _registry_and_victim(tmp_path, runs[1])
+    shutil.rmtree(reg.root / "alpha")
+    (reg.root / "alpha").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(ValueError, match="is a link or lies outside the registry"):
+        reg.remove("alpha")
+    assert (victim / "precious.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "nan", "huge"])
+def test_add_load_checks_the_task_first(tmp_path, runs, damage):
+    """A truncated file was copied in and crashed `predict --tasks` later."""
+    _, a, _ = runs
+    weights = a / "adapter_model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "nan":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        tensors["head.weight"][0, 0] = float("nan")
+        save_file(tensors, str(weights))
+    else:
+        info = json.loads((a / "adapter_config.json").read_text())
+        (a / "adapter_config.json").write_text(json.dumps({**info, "num_classes": 10**9}))
+    reg = af.TaskRegistry(tmp_path / "reg")
+    with pytest.raises(ValueError, match="not a valid safetensors|NaN or infinite|num_classes="):
+        reg.add("alpha", a)
+    assert reg.names() == [] and not (reg.root / "alpha").exists()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+from .files import read_safetensors
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .safetensors/.pth path")
     if path.suffix == ".safetensors":
-        sd: object = load_file(str(path))
+        sd: object = read_safetensors(path)  # damaged files: a one-line ValueError
     elif path.suffix in (".pth", ".pt", ".bin"):
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,16 @@ INJECTING_METHODS: tuple[str, ...] = ("adaptformer", "vpt", "lora")
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def is_finite_number(x: Any) -> bool:
+    """A real number that is not NaN or infinite (configs are read from untrusted JSON, which
+    allows NaN); ``bool`` is not a number here."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
 @dataclass
@@ -90,30 +101,31 @@ class AdapterConfig:
     def _problems(self):
         if self.method not in METHODS:
             yield f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}"
-        if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
+        if not _is_positive_int(self.bottleneck):
             yield f"bottleneck={self.bottleneck!r} must be a positive integer (paper: 64)"
-        if self.scale != "learnable" and (
-            isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
-        ):
-            yield f"scale={self.scale!r} must be a number (paper: 0.1) or 'learnable'"
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if self.scale != "learnable" and not is_finite_number(self.scale):
+            yield f"scale={self.scale!r} must be a finite number (paper: 0.1) or 'learnable'"
+        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             yield f"dropout={self.dropout!r} must be in [0, 1)"
         if self.layernorm not in ("none", "in", "out"):
             yield f"layernorm={self.layernorm!r} must be 'none', 'in' or 'out'"
         if self.position not in ("parallel", "sequential"):
             yield f"position={self.position!r} must be 'parallel' or 'sequential'"
         if self.layers is not None:
-            bad = [i for i in self.layers if not isinstance(i, int) or isinstance(i, bool)]
-            if bad or not self.layers:
+            items = self.layers if isinstance(self.layers, list) else [None]
+            bad = [i for i in items if not isinstance(i, int) or isinstance(i, bool)]
+            if bad or not items:
                 yield f"layers={self.layers!r} must be a non-empty list of block indices or None"
             elif len(set(self.layers)) != len(self.layers):
                 yield f"layers={self.layers!r} lists a block twice"
-        if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1:
+        if not _is_positive_int(self.prompt_tokens):
             yield f"prompt_tokens={self.prompt_tokens!r} must be a positive integer"
         if self.prompt_mode not in ("deep", "shallow"):
             yield f"prompt_mode={self.prompt_mode!r} must be 'deep' or 'shallow'"
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
-            yield f"lora_alpha={self.lora_alpha!r} must be positive"
+        if not is_finite_number(self.lora_alpha) or self.lora_alpha <= 0:
+            yield f"lora_alpha={self.lora_alpha!r} must be a positive finite number"
+        if not isinstance(self.head_batchnorm, bool):
+            yield f"head_batchnorm={self.head_batchnorm!r} must be true or false"
 
     def resolve_layers(self, depth: int) -> list[int]:
         """The sorted block indices this adapter touches in a model with ``depth`` blocks.

@@ -15,10 +15,12 @@ A JSON sidecar (``FILE.json``, also embedded in the file) records tasks, class c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -152,7 +154,8 @@ def export_model(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable
             if format == "onnx":
-                _to_onnx(module, args, path, multi, info)
+                with _plain_batchnorm(model):
+                    _to_onnx(module, args, path, multi, info)
             else:
                 traced = torch.jit.trace(module, args, check_trace=False)
                 torch.jit.save(
@@ -186,6 +189,27 @@ def _example(
         return (x,)
     index = torch.arange(batch - 1, -1, -1) % len(names)  # every task once, in some order
     return x, index.to(device)
+
+
+@contextlib.contextmanager
+def _plain_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Run every ``BatchNorm1d`` (the ``--head-batchnorm`` head) as plain arithmetic while the
+    block runs: the ONNX exporter's batch_norm needs a known channel count, which the head's
+    dynamic-batch input lacks, and fails with a SymbolicValueError."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d) and not m.training]
+    for m in norms:
+        m.forward = types.MethodType(_eval_batchnorm, m)
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
+
+
+def _eval_batchnorm(self: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """What ``BatchNorm1d.eval()`` computes on ``(batch, channels)``."""
+    y = (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+    return y * self.weight + self.bias if self.affine else y
 
 
 def _to_onnx(

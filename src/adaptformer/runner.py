@@ -9,14 +9,14 @@ created, so a bad command writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,14 +33,17 @@ from . import distributed as dist_utils
 from .checkpoints import create_backbone
 from .data import DataConfig, DataSplits, build_datasets
 from .engine import GlobalBatchSampler, Schedule, evaluate, train_one_epoch
+from .files import atomic_path, atomic_write_text, first_line
 from .inject import inject
 from .methods import backbone_parameters, mark_trainable
-from .state import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
+from .state import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, check_tensors, save_adapter
 from .train_config import TrainConfig
 
 _log = logging.getLogger(__name__)
 TASK = "default"
 CHECKPOINT = "checkpoint.pt"
+# Held (flock) by the training that writes a run folder; not part of the run's results.
+LOCK = ".adaptformer.lock"
 # Options that may differ when resuming (they do not change the computation).
 RESUMABLE_OVERRIDES = ("workers", "device", "output")
 
@@ -192,17 +195,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a kill leaves the old file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temp file in the same folder, fsync, then rename: a kill or a full disk
+    leaves the old file (see :func:`adaptformer.files.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -225,12 +221,22 @@ def default_output(cfg: TrainConfig) -> str:
 
 
 def prepare_resume(cfg: TrainConfig) -> TrainConfig:
-    """The saved config of the run in ``cfg.output``, with only harmless options overridden."""
+    """The saved config of the run in ``cfg.output``, with only harmless options overridden.
+
+    A run killed before its first checkpoint has only its ``config.yaml``: it restarts from
+    scratch. The checkpoint's structure is checked here, before any model is built.
+    """
     if not cfg.output:
         raise ValueError("--resume needs --output RUN_DIR (the folder of the run to continue)")
     run = Path(cfg.output)
-    if not (run / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"--resume: {run / CHECKPOINT} does not exist; nothing to resume")
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"--resume: {run} holds no config.yaml, so it is not a run folder; nothing to resume"
+        )
+    if (run / CHECKPOINT).is_file():
+        read_checkpoint(run / CHECKPOINT)
+    else:
+        _log.warning("%s has no %s yet: starting the run again from scratch", run, CHECKPOINT)
     saved = TrainConfig.load(run / "config.yaml")
     overrides = {k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES}
     return TrainConfig(**{**saved.to_dict(), **overrides})
@@ -277,10 +283,7 @@ def _fit(
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = Path(dist_utils.broadcast_object(cfg.output or default_output(cfg)))
-    if not resume and out.exists() and any(out.iterdir()):
-        raise ValueError(
-            f"run folder {out} is not empty: pass --resume to continue it or another --output"
-        )
+    check_output(out, resume)
 
     # Build everything that can fail on bad input before writing anything.
     model = build_backbone(cfg)
@@ -298,13 +301,58 @@ def _fit(
     model.to(device)
     sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, info, cfg.seed)
 
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            cfg.save(out / "config.yaml")
-    dist_utils.barrier()
-    run = Run(cfg, out, device, info, model, data, stats, fingerprint)
-    return _train(run, sampler, counts, resume, progress)
+    with lock_run_folder(out) if info.is_main else contextlib.nullcontext():
+        if info.is_main:
+            check_output(out, resume)  # again: another run may have filled it meanwhile
+            remove_stale_temp_files(out)
+            if not resume:
+                cfg.save(out / "config.yaml")
+        dist_utils.barrier()
+        run = Run(cfg, out, device, info, model, data, stats, fingerprint)
+        return _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(), progress)
+
+
+def check_output(out: Path, resume: bool) -> None:
+    """Refuse an ``--output`` that is a file, or (without ``--resume``) a folder with files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file, not a folder: pass a folder path")
+    if not resume and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise ValueError(
+            f"run folder {out} is not empty: pass --resume to continue it or another --output"
+        )
+
+
+@contextlib.contextmanager
+def lock_run_folder(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run folder ``out`` (created if missing) while the block runs.
+
+    Two trainings into one folder would overwrite each other's files; the second one gets a
+    one-line error instead. The lock (``flock``) is released by the OS when the process ends,
+    so a killed run never leaves the folder locked.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"run folder {out} is in use by another `adaptformer train`; wait for it to "
+                "finish or pass another --output"
+            ) from None
+        yield
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Delete the half-written ``.NAME.*.tmp`` files a killed run left (the lock is held, so
+    no other writer owns them)."""
+    for tmp in out.glob(".*.tmp"):
+        _log.info("removing %s, left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _train(
@@ -450,10 +498,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, truncated zip, ...: one line, nothing executed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"{path} is not a checkpoint this version can read safely ({first}); it may be "
-            "damaged, tampered with or from an older version: start the run again in a new "
+            f"{path} is not a checkpoint this version can read safely ({first_line(e)}); it may "
+            "be damaged, tampered with or from an older version: start the run again in a new "
             "--output"
         ) from None
     missing = [k for k in ("next_epoch", "task_state", "optimizer", "rng", "history", "best")
@@ -462,27 +509,79 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} lacks {', '.join(missing)}; start the run again in a new --output"
         )
+    problems = _structure_problems(ckpt)
+    if problems:
+        raise _damaged_checkpoint(path, "; ".join(problems))
     return ckpt
 
 
+def _structure_problems(ckpt: dict[str, Any]) -> list[str]:
+    """What is wrong with a checkpoint's bookkeeping (epochs, history, best), model aside."""
+    epoch, history, best = ckpt["next_epoch"], ckpt["history"], ckpt["best"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return [f"next_epoch {epoch!r} is not a whole number"]
+    rows_ok = isinstance(history, list) and all(
+        isinstance(r, dict) and {"epoch", "train_loss", "train_images_per_s"} <= set(r)
+        for r in history
+    )
+    if not rows_ok or len(history) != epoch:
+        return [f"history is not {epoch} epoch rows"]
+    if not isinstance(best, dict) or not {"score", "epoch", "state"} <= set(best):
+        return ["best is not a mapping with score, epoch and state"]
+    at = best["epoch"]
+    if at is not None and not (isinstance(at, int) and 0 <= at < len(history)):
+        return [f"best epoch {best['epoch']!r} is not one of the {len(history)} epochs"]
+    if epoch and best["state"] is None:
+        return ["best has no state after the first epoch"]
+    return []
+
+
 def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
-    ckpt = read_checkpoint(run.out / CHECKPOINT)
+    """Restore training from the run's checkpoint; a damaged one is a one-line ``ValueError``
+    and leaves the model as built."""
+    path = run.out / CHECKPOINT
+    ckpt = read_checkpoint(path)
+    expected = adapter_tensors(run.model, TASK)
+    states = [("task_state", ckpt["task_state"]), ("best state", ckpt["best"]["state"])]
+    problems = [
+        f"{label} {problem}"
+        for label, state in states
+        if state is not None or label == "task_state"
+        for problem in _state_problems(state, expected)
+    ]
+    if ckpt["next_epoch"] > run.cfg.epochs:
+        problems.append(f"next_epoch {ckpt['next_epoch']} is past --epochs {run.cfg.epochs}")
+    if problems:
+        raise _damaged_checkpoint(path, "; ".join(problems))
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise _damaged_checkpoint(path, f"optimizer or random state: {first_line(e)}") from None
     _load_task_state(run.model, ckpt["task_state"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
     return ckpt["next_epoch"], ckpt["history"], ckpt["best"]
+
+
+def _state_problems(state: Any, expected: dict[str, torch.Tensor]) -> list[str]:
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        return ["is not a mapping of tensors"]
+    return check_tensors(state, expected)
+
+
+def _damaged_checkpoint(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path} is damaged or does not belong to this run ({problem}); start the run again "
+        "in a new --output"
+    )
 
 
 def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` whole, so a resumed run never shows an epoch twice."""
     if not run.info.is_main:
         return
-    path = run.out / "metrics.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, path)
+    atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
 def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
@@ -528,7 +627,7 @@ def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
             "world_size": run.info.world_size,
         }
         summary = {k: v for k, v in summary.items() if v is not None}
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         plot_learning_curve(history, run.out / "learning_curve.png")
         _log.info("test: %s", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)})
     return summary
@@ -567,7 +666,7 @@ def load_run(
     Raises:
         ValueError: the backbone found now is not the one the run was trained on.
     """
-    from .state import load_adapter, read_adapter_config
+    from .state import load_adapter, read_adapter_files
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -575,13 +674,13 @@ def load_run(
             f"{run_dir} is not a run folder (no config.yaml); pass --run RUN_DIR"
         )
     cfg = TrainConfig.load(run_dir / "config.yaml")
-    meta = read_adapter_config(run_dir)["metadata"]
+    meta = read_adapter_files(run_dir)[0]["metadata"]  # damaged files fail before the build
     model = build_backbone(cfg)
     found = backbone_fingerprint(model)
     if meta.get("backbone_sha256") not in (None, found):
         raise ValueError(
             f"the backbone now resolved for --model {cfg.model} (sha256 {found[:12]}) is not the "
-            f"one {run_dir} was trained on ({meta['backbone_sha256'][:12]})"
+            f"one {run_dir} was trained on ({str(meta['backbone_sha256'])[:12]})"
         )
     load_adapter(model, run_dir, name=TASK)
     model.to(device or torch.device("cpu")).eval()

@@ -9,16 +9,24 @@ what does not fit, instead of leaving anything silently uninitialised.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .config import AdapterConfig
+from .config import AdapterConfig, is_finite_number
+from .files import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    atomic_path,
+    atomic_write_text,
+    is_count,
+    read_json,
+    read_safetensors,
+    safetensors_header,
+)
 from .inject import (
     AdaptedBlock,
     adapter_state,
@@ -110,53 +118,157 @@ def save_adapter(
         "backbone": _backbone_info(model),
         "metadata": metadata or {},
     }
-    _atomic(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), {"format": FORMAT}))
-    _atomic(
-        directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n")
-    )
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), {"format": FORMAT})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(info, indent=2) + "\n")
     return directory
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of an adapter directory, with clear errors."""
+    """The parsed ``adapter_config.json`` of an adapter directory, its fields' types checked.
+
+    The file is untrusted (adapters are downloaded and shared), so a wrong type is a
+    ``ValueError`` naming the field here, not a ``KeyError``/``TypeError`` later.
+    """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: pass the directory that save_adapter() wrote "
             f"(it holds {CONFIG_NAME} and {WEIGHTS_NAME})"
         )
-    info = json.loads(path.read_text())
-    if info.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not an adaptformer adapter file (format {info.get('format')!r})"
+    info = read_json(path, "an adaptformer adapter config")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{path} is not an adaptformer adapter file (format {found!r})")
+    problems = [
+        f"{key} must be {kind}"
+        for key, kind, ok in (
+            ("config", "a mapping of AdapterConfig fields", isinstance(info.get("config"), dict)),
+            ("num_classes", "a whole number >= 0", is_count(info.get("num_classes"))),
+            ("backbone", "a mapping", isinstance(info.get("backbone", {}), dict)),
+            ("metadata", "a mapping", isinstance(info.get("metadata", {}), dict)),
         )
-    return info
+        if not ok
+    ]
+    problems += _metadata_problems(info.get("metadata", {}))
+    if problems:
+        raise ValueError(f"{path} is damaged: {'; '.join(problems)}; save the adapter again")
+    try:
+        AdapterConfig.from_dict(info["config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return {"backbone": {}, "metadata": {}, **info}
+
+
+def _metadata_problems(meta: Any) -> list[str]:
+    """Type problems of the metadata ``adaptformer train`` writes (checked when present, since
+    eval/predict/tasks use them to rebuild the preprocessing and name the classes)."""
+    if not isinstance(meta, dict):
+        return []  # reported as "metadata must be a mapping"
+    checks = {
+        "classes": ("a list of names", lambda v: isinstance(v, list)
+                    and all(isinstance(c, str) for c in v)),
+        "multilabel": ("true or false", lambda v: isinstance(v, bool)),
+        "video": ("true or false", lambda v: isinstance(v, bool)),
+        "mean": ("3 finite numbers", _three_numbers),
+        "std": ("3 finite numbers", _three_numbers),
+        "interpolation": ("a filter name", lambda v: isinstance(v, str)),
+        "img_size": ("a positive whole number", lambda v: is_count(v) and v > 0),
+        "model": ("a name", lambda v: isinstance(v, str)),
+        "backbone_sha256": ("a hex digest", lambda v: isinstance(v, str)),
+    }  # fmt: skip
+    return [
+        f"metadata {key} must be {kind}"
+        for key, (kind, ok) in checks.items()
+        if key in meta and not ok(meta[key])
+    ]
+
+
+def _three_numbers(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(is_finite_number(x) for x in v)
+
+
+def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An adapter directory's config and tensors, checked without a model: sizes in the config
+    against the shapes in the file header (before reading any tensor), then dtypes and values.
+
+    Raises:
+        ValueError: the files are damaged or disagree, naming the field or tensor.
+    """
+    info = read_adapter_config(directory)
+    config = AdapterConfig.from_dict(info["config"])
+    path = Path(directory) / WEIGHTS_NAME
+    header = safetensors_header(path)
+    problems = _size_problems(config, info["num_classes"], header)
+    bad_dtype = sorted(k for k, t in header.items() if t.dtype not in FLOAT_DTYPES | {"I64"})
+    if bad_dtype:
+        problems.append(f"not floating point: {', '.join(bad_dtype)}")
+    if problems:
+        raise ValueError(f"adapter in {directory} is inconsistent: " + "; ".join(problems))
+    tensors = read_safetensors(path)
+    problems = _not_finite(tensors)
+    if problems:
+        raise ValueError(
+            f"adapter in {directory} {problems[0]}; it is damaged, or its training diverged: "
+            "train it again"
+        )
+    return info, tensors
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``tensors`` (read from an untrusted file) cannot be copied onto ``expected``: keys,
+    shapes, integer-vs-float kind and non-finite values; empty when they fit."""
+    return _mismatches(tensors, expected) + _not_finite(tensors)
+
+
+def _not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    bad = sorted(
+        k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()
+    )
+    return [f"holds NaN or infinite values in {', '.join(bad[:10])}"] if bad else []
+
+
+def _size_problems(
+    config: AdapterConfig, num_classes: int, header: dict[str, TensorInfo]
+) -> list[str]:
+    """Where the config's sizes (classes, bottleneck, prompt tokens) disagree with the shapes the
+    file declares. Checked before anything is built, so a config asking for 10**9 classes is
+    refused instead of allocated."""
+    head = "head.1.weight" if config.head_batchnorm else "head.weight"
+    expect: dict[str, tuple[str, int]] = {}  # key suffix -> (config field, first dimension)
+    if num_classes > 0:
+        expect[head] = ("num_classes", num_classes)
+    if config.method == "adaptformer":
+        expect[".adaptmlp.down_proj.weight"] = ("bottleneck", config.bottleneck)
+    elif config.method == "lora":
+        expect[".lora_A.weight"] = ("bottleneck", config.bottleneck)
+    elif config.method == "vpt":
+        expect[".prompts"] = ("prompt_tokens", config.prompt_tokens)
+    problems = []
+    for suffix, (field, size) in expect.items():
+        found = [(k, t.shape) for k, t in header.items() if k == suffix or k.endswith(suffix)]
+        wrong = [f"{k} {shape}" for k, shape in found if not shape or shape[0] != size]
+        if not found:
+            problems.append(f"{field}={size} but the file has no {suffix.lstrip('.')} tensor")
+        elif wrong:
+            problems.append(f"{field}={size} but the file has {', '.join(sorted(wrong)[:3])}")
+    return problems
 
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> nn.Module:
     """Load an adapter directory into ``model`` as task ``name`` and make it active.
 
-    The adapter is injected first if ``name`` does not exist yet. Every tensor's key and shape is
-    checked against the model before anything is copied.
+    The adapter is injected first if ``name`` does not exist yet. The files are checked on
+    their own first (:func:`read_adapter_files`), then every tensor's key, shape and kind
+    against the model, before anything is copied; on any error the model is left as it was.
 
     Raises:
-        ValueError: the backbone does not match (width, depth, layers), listing the keys/shapes.
+        ValueError: damaged files, or the backbone does not match (width, depth, layers),
+            listing the keys/shapes.
     """
     model = unwrap(model)
-    info = read_adapter_config(directory)
+    info, tensors = read_adapter_files(directory)
     config = AdapterConfig.from_dict(info["config"])
-    tensors = load_file(str(Path(directory) / WEIGHTS_NAME))
     existing = getattr(model, "adaptformer", None)
     injected = existing is None or name not in existing.configs
     head_before, active_before = model.head, existing.active if existing else None
@@ -176,9 +288,9 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         stored, here = info["backbone"], _backbone_info(model)
         raise ValueError(
             f"adapter in {directory} does not fit this model (adapter trained on "
-            f"{stored['architecture']} width {stored['embed_dim']} depth {stored['depth']}; "
-            f"model is {here['architecture']} width {here['embed_dim']} depth {here['depth']}): "
-            + "; ".join(problems)
+            f"{stored.get('architecture')} width {stored.get('embed_dim')} depth "
+            f"{stored.get('depth')}; model is {here['architecture']} width {here['embed_dim']} "
+            f"depth {here['depth']}): " + "; ".join(problems)
         )
     with torch.no_grad():
         for k, t in expected.items():
@@ -197,10 +309,16 @@ def _mismatches(
 
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
+    common = set(tensors) & set(expected)
     wrong = sorted(
         f"{k} (file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)})"
-        for k in set(tensors) & set(expected)
+        for k in common
         if tensors[k].shape != expected[k].shape
+    )
+    kind = sorted(
+        f"{k} (file {tensors[k].dtype} vs model {expected[k].dtype})"
+        for k in common
+        if tensors[k].is_floating_point() != expected[k].is_floating_point()
     )
     out = []
     if missing:
@@ -209,4 +327,6 @@ def _mismatches(
         out.append(f"not in model: {clip(unexpected)}")
     if wrong:
         out.append(f"shape mismatch: {clip(wrong)}")
+    if kind:
+        out.append(f"wrong kind of number: {clip(kind)}")
     return out

@@ -29,14 +29,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .state import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter_config
+from .files import atomic_write_text, read_json
+from .state import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_adapter,
+    read_adapter_config,
+    read_adapter_files,
+)
 
 _log = logging.getLogger(__name__)
 
 ENV = "ADAPTFORMER_TASKS"
 INDEX = "registry.json"
 FORMAT = "adaptformer-tasks/1"
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")  # always fullmatch: "$" would accept a trailing newline
 # These methods change the backbone's own weights, so their tasks cannot share one backbone.
 _BACKBONE_METHODS = ("full", "bitfit")
 # Facts of the backbone every task must agree on (normalisation is part of the backbone).
@@ -76,12 +83,29 @@ class TaskRegistry:
         path = self.root / INDEX
         if not path.is_file():
             return {"format": FORMAT, "backbone": None, "tasks": {}}
-        index = json.loads(path.read_text())
-        if index.get("format") != FORMAT:
-            raise ValueError(
-                f"{path} is not an adaptformer task registry (format {index.get('format')!r})"
-            )
+        index = read_json(path, "an adaptformer task registry")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            found = index.get("format") if isinstance(index, dict) else type(index).__name__
+            raise ValueError(f"{path} is not an adaptformer task registry (format {found!r})")
+        tasks, backbone = index.get("tasks"), index.get("backbone")
+        if not isinstance(tasks, dict) or not isinstance(backbone, (dict, type(None))):
+            raise ValueError(f"{path} is damaged (no 'tasks' mapping); {_REBUILD}")
+        for name, entry in tasks.items():
+            if not _NAME.fullmatch(name) or not isinstance(entry, dict):
+                raise ValueError(f"{path} is damaged: task {name!r} is not valid; {_REBUILD}")
         return index
+
+    def _folder(self, name: str) -> Path:
+        """``ROOT/name``, refused unless it is a plain folder directly inside the registry, so a
+        tampered registry.json or a planted link cannot point a removal elsewhere."""
+        check_name(name)
+        path = self.root / name
+        if path.is_symlink() or path.resolve().parent != self.root.resolve():
+            raise ValueError(
+                f"task folder {path} is a link or lies outside the registry {self.root}; "
+                "refusing to use it: remove it by hand if it is yours"
+            )
+        return path
 
     @property
     def backbone(self) -> dict[str, Any] | None:
@@ -101,12 +125,13 @@ class TaskRegistry:
 
     def path(self, name: str) -> Path:
         """The adapter folder of task ``name``."""
+        folder = self._folder(name)
         if name not in self._index()["tasks"]:
             raise KeyError(
                 f"no task {name!r} in the registry {self.root}; have {self.names()} "
                 "(add one with `adaptformer tasks add NAME RUN_DIR`)"
             )
-        return self.root / name
+        return folder
 
     def metadata(self, name: str) -> dict[str, Any]:
         """Task ``name``'s saved metadata (``classes``, ``multilabel``, normalisation, ...)."""
@@ -116,16 +141,17 @@ class TaskRegistry:
         """Every task, sorted by name."""
         out = []
         for name, entry in sorted(self._index()["tasks"].items()):
-            info = read_adapter_config(self.root / name)
-            size = sum((self.root / name / f).stat().st_size for f in (CONFIG_NAME, WEIGHTS_NAME))
+            folder = self._folder(name)
+            info = read_adapter_config(folder)
+            size = sum((folder / f).stat().st_size for f in (CONFIG_NAME, WEIGHTS_NAME))
             out.append(
                 TaskInfo(
                     name,
                     info["config"]["method"],
                     info["num_classes"],
                     size,
-                    entry["source"],
-                    entry["added"],
+                    str(entry.get("source", "?")),
+                    str(entry.get("added", "?")),
                 )
             )
         return out
@@ -143,12 +169,12 @@ class TaskRegistry:
             replace: overwrite an existing task of that name.
 
         Raises:
-            ValueError: a bad name, an existing task, a full/bitfit run, or another backbone.
+            ValueError: a bad name, an existing task, damaged adapter files, a full/bitfit run,
+                or another backbone.
         """
-        if not _NAME.match(name or ""):
-            raise ValueError(f"task name {name!r} may only hold letters, digits, '-' and '_'")
+        target = self._folder(name)
         run_dir = Path(run_dir)
-        info = read_adapter_config(run_dir)
+        info, _ = read_adapter_files(run_dir)  # a damaged task is refused now, not at predict
         record = _backbone_record(run_dir, info)
         method = info["config"]["method"]
         if method in _BACKBONE_METHODS:
@@ -171,9 +197,9 @@ class TaskRegistry:
         try:
             for f in (CONFIG_NAME, WEIGHTS_NAME):
                 shutil.copy2(run_dir / f, tmp / f)
-            if (self.root / name).exists():
-                shutil.rmtree(self.root / name)
-            tmp.rename(self.root / name)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -194,11 +220,7 @@ class TaskRegistry:
         shutil.rmtree(path)
 
     def _write(self, index: dict[str, Any]) -> None:
-        path = self.root / INDEX
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{INDEX}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(self.root / INDEX, json.dumps(index, indent=2) + "\n")
 
     # -- using ------------------------------------------------------------------------------------
     def load_all(self, model: nn.Module, names: list[str] | None = None) -> nn.Module:
@@ -239,10 +261,20 @@ class TaskRegistry:
         return model.to(device or torch.device("cpu")).eval()
 
 
+_REBUILD = "fix or delete registry.json and add the tasks again"
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid task name (the whole of it: letters, digits, ``-``, ``_``)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"task name {name!r} may only hold letters, digits, '-' and '_'")
+    return name
+
+
 def _backbone_record(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """What the run says about its backbone, with the checkpoint path from its config.yaml."""
     meta = info.get("metadata", {})
-    if not meta.get("backbone_sha256") or not meta.get("model"):
+    if not all(isinstance(meta.get(k), str) and meta[k] for k in ("backbone_sha256", "model")):
         raise ValueError(
             f"{run_dir} records no backbone (metadata 'model' and 'backbone_sha256'); register "
             "folders written by `adaptformer train`, or save_adapter(..., metadata={'model': ..., "
@@ -256,7 +288,7 @@ def _backbone_record(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
         from .train_config import read_yaml
 
         checkpoint = read_yaml(config).get("checkpoint")
-        if checkpoint:
+        if isinstance(checkpoint, str) and checkpoint:
             record["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
     return record
 

@@ -280,14 +280,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .files import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(data) - set(_FIELDS))
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; see `adaptformer train --help`")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as e:  # e.g. lr: "fast" compared with 0: a bad value, not a bug
+            raise ValueError(f"a config value has the wrong type ({e}); fix the config") from None
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -315,8 +320,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"config file {path} does not exist (shipped recipes: {', '.join(packaged_configs())})"
         )
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
     return {k.replace("-", "_"): v for k, v in data.items()}
 

@@ -110,3 +110,16 @@ def test_not_a_dinov2_graph_is_a_value_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out.safetensors").exists()
     with pytest.raises(FileNotFoundError):
         convert_onnx_dinov2(tmp_path / "missing.onnx", tmp_path / "out.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage\xff\xff" * 30])
+def test_garbage_onnx_is_a_one_line_error(tmp_path: Path, capsys, content: bytes) -> None:
+    pytest.importorskip("onnx")
+    from adaptformer.cli import main
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    code = main(["convert-onnx-dinov2", str(path), str(tmp_path / "out.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.safetensors").exists()

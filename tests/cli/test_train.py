@@ -251,3 +251,169 @@ def test_multilabel_list_trains_and_reports_map(setup, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 <= summary["test_mAP"] <= 100 and "test_top1" not in summary
+
+
+# -- untrusted run folders and careless commands (in-process: no interpreter start-ups) ------
+
+FAST = ("--epochs", "1", "--warmup-epochs", "0", "--max-steps-per-epoch", "1")
+
+
+def _cli(capsys, *argv):
+    """Exit code and stderr of one in-process command; user errors must be one line."""
+    from adaptformer.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    if code == 2:
+        assert err.strip().splitlines()[-1].startswith("adaptformer: error:"), err
+        assert "Traceback" not in err
+    return code, err
+
+
+def test_a_second_training_into_a_locked_folder_is_refused(setup, tmp_path, capsys):
+    from adaptformer.runner import lock_run_folder
+
+    data, ckpt, _ = setup
+    out = tmp_path / "run"
+    with lock_run_folder(out):  # stands in for a training that is still running
+        code, err = _cli(capsys, *train_args(data, ckpt, out, *FAST))
+    assert code == 2 and "is in use by another `adaptformer train`" in err
+    assert [p.name for p in out.iterdir()] == [".adaptformer.lock"]
+    code, err = _cli(capsys, *train_args(data, ckpt, out, *FAST))  # the lock file is no result
+    assert code == 0, err
+
+
+def test_output_that_is_a_file_is_a_one_line_error(setup, tmp_path, capsys):
+    data, ckpt, _ = setup
+    (tmp_path / "file").write_text("x")
+    code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "file", *FAST))
+    assert code == 2 and "is a file, not a folder" in err
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
+    setup, finished, tmp_path, capsys, caplog
+):
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.yaml").write_text((finished / "config.yaml").read_text())
+    stale = run / ".checkpoint.pt.k2j3.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    code, err = _cli(capsys, "train", "--resume", "--output", run, "--workers", "0")
+    assert code == 0, err
+    assert "starting the run again from scratch" in caplog.text
+    assert not stale.exists() and (run / "summary.json").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_top1"] == json.loads((finished / "summary.json").read_text())["test_top1"]
+
+
+def test_resume_without_a_run_folder_says_nothing_to_resume(tmp_path, capsys):
+    code, err = _cli(capsys, "train", "--resume", "--output", tmp_path / "none")
+    assert code == 2 and "nothing to resume" in err
+
+
+def _tampered(finished, tmp_path, edit):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "tampered"
+    shutil.copytree(finished, run)
+    (run / "summary.json").unlink()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["task_state"].pop("head.bias"), "missing from file: head.bias"),
+        (lambda c: c["task_state"].update({"head.bias": c["task_state"]["head.bias"][:1]}),
+         "shape mismatch: head.bias"),
+        (lambda c: c["task_state"]["head.bias"].fill_(float("nan")), "NaN or infinite"),
+        (lambda c: c.update(task_state=[1, 2]), "not a mapping of tensors"),
+        (lambda c: c.update(next_epoch="3"), "next_epoch '3' is not a whole number"),
+        (lambda c: c.update(next_epoch=9), "history is not 9 epoch rows"),
+        (lambda c: c["best"].update(epoch=7), "best epoch 7 is not one of the 3 epochs"),
+        (lambda c: c.update(rng={}), "optimizer or random state"),
+        (lambda c: c["optimizer"].update(state={0: {"exp_avg": 1}}), "optimizer or random state"),
+    ],
+)  # fmt: skip
+def test_a_tampered_checkpoint_is_a_one_line_error(finished, tmp_path, capsys, edit, message):
+    run = _tampered(finished, tmp_path, edit)
+    code, err = _cli(capsys, "train", "--resume", "--output", run, "--workers", "0")
+    assert code == 2 and message in err
+    assert not (run / "summary.json").exists()
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(setup, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    data, ckpt, _ = setup
+    out = tmp_path / "full"
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    code, err = _cli(capsys, *train_args(data, ckpt, out, "--max-steps-per-epoch", "1"))
+    assert code == 2 and "no space left on device" in err and "previous version is kept" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["next_epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("where", ["--config", "config.yaml"])
+def test_malformed_yaml_is_a_one_line_error(setup, finished, tmp_path, capsys, where):
+    import shutil
+
+    data, ckpt, _ = setup
+    bad = "epochs: [1\nlr: {"
+    if where == "--config":
+        (tmp_path / "bad.yaml").write_text(bad)
+        code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "r"), "--config",
+                         tmp_path / "bad.yaml")  # fmt: skip
+    else:
+        run = tmp_path / "run"
+        shutil.copytree(finished, run)
+        (run / "config.yaml").write_text(bad)
+        code, err = _cli(capsys, "eval", "--run", run, "--workers", "0")
+    assert code == 2 and "is not valid YAML at line" in err
+
+
+def test_wrong_types_in_a_run_config_are_a_one_line_error(finished, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    text = (run / "config.yaml").read_text().replace("epochs: 3", "epochs: [3]")
+    (run / "config.yaml").write_text(text.replace("lr: null", "lr: fast"))
+    code, err = _cli(capsys, "eval", "--run", run, "--workers", "0")
+    assert code == 2 and ("wrong type" in err or "must be" in err)
+
+
+def test_garbage_backbone_checkpoint_is_a_one_line_error(setup, tmp_path, capsys):
+    data, ckpt, _ = setup
+    broken = tmp_path / "vit.safetensors"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    code, err = _cli(capsys, *train_args(data, broken, tmp_path / "r", *FAST))
+    assert code == 2 and "not a valid safetensors file" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bare_missing_key_is_explained(monkeypatch, capsys):
+    from adaptformer.cli import models
+
+    def broken(args):
+        raise KeyError("config")
+
+    monkeypatch.setattr(models, "run", broken)
+    code, err = _cli(capsys, "models")
+    assert code == 2 and "missing key 'config'" in err

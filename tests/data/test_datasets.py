@@ -373,3 +373,60 @@ def test_splits_pickle_for_spawned_workers(tmp_path: Path) -> None:
     assert copy.ids == splits.train.ids
     assert copy[0][1] == splits.train[0][1]
     assert copy[0][0].shape == (3, 8, 8)
+
+
+# -- links and duplicates ---------------------------------------------------------------------
+
+
+def test_a_symlink_loop_does_not_multiply_the_data(tmp_path: Path) -> None:
+    """``ln -s .. train/cat/loop`` made 12 files into hundreds, labelled other classes' images
+    "cat" and put every validation image in training too."""
+    make_imagefolder(tmp_path, n_train=6)
+    (tmp_path / "train" / "cat" / "loop").symlink_to("..", target_is_directory=True)
+    (tmp_path / "train" / "cat" / "self").symlink_to(".", target_is_directory=True)
+    splits = _build("imagefolder", tmp_path, val_fraction=0.5)
+    assert len(splits.train) + len(splits.val) == 18
+    _check_disjoint(splits)
+    train, val = splits.train, splits.val
+    files = [train.pool.source.describe(i) for i in train.indices]
+    files += [val.pool.source.describe(i) for i in val.indices]
+    assert len({str(Path(f).resolve()) for f in files}) == 18
+
+
+def test_a_linked_folder_inside_the_class_is_read_once(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=4)
+    cat = tmp_path / "train" / "cat"
+    (cat / "sub").mkdir()
+    for i in range(2):
+        write_image(cat / "sub" / f"extra_{i}.jpg", 0)
+    (cat / "again").symlink_to("sub", target_is_directory=True)
+    (cat / "same.jpg").symlink_to(cat / "cat_000.jpg")  # a file link: the same file, once
+    splits = _build("imagefolder", tmp_path, val_fraction=0.5)
+    assert len(splits.train) + len(splits.val) == 3 * 4 + 2
+    _check_disjoint(splits)
+
+
+def test_repeated_list_lines_are_used_once(tmp_path: Path) -> None:
+    make_vtab(tmp_path)
+    listing = tmp_path / "train800val200.txt"
+    lines = listing.read_text().splitlines()
+    listing.write_text("\n".join(lines + lines[:5]) + "\n")
+    splits = _build("vtab1k", tmp_path, val_fraction=0.5)
+    assert len(splits.train) + len(splits.val) == len([x for x in lines if x.strip()])
+    _check_disjoint(splits)
+
+
+def test_a_class_of_only_unreadable_images_is_an_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=3)
+    for f in (tmp_path / "train" / "dog").iterdir():
+        f.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"every training image of class index\(es\) \[1\]"):
+        _build("imagefolder", tmp_path)
+
+
+def test_an_empty_class_folder_is_an_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=3)
+    for f in (tmp_path / "train" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no images in .*train/dog/"):
+        _build("imagefolder", tmp_path)

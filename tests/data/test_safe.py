@@ -130,3 +130,18 @@ def test_a_lost_mount_stops_the_run(tmp_path: Path) -> None:
         Path(p).unlink()
     with pytest.raises(UnreadableImageError, match="still mounted"):
         splits.train[0]
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("I;16", "png"), ("I", "tif")])
+def test_16_bit_images_are_scaled_not_clipped(tmp_path: Path, mode: str, suffix: str) -> None:
+    """A 16-bit PNG came out almost white (mean 254.7): convert() clips at 255."""
+    import numpy as np
+    from PIL import Image
+
+    values = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    path = tmp_path / f"deep.{suffix}"
+    image = Image.fromarray(values)
+    (image if mode == "I;16" else image.convert("I")).save(path)
+    rgb = np.asarray(load_image(path), dtype=np.float64)
+    assert rgb.shape == (64, 64, 3)
+    assert abs(rgb.mean() - values.mean() / 257) < 1.0

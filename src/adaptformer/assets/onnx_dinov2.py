@@ -33,7 +33,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..errors import UserFacingError
-from .wheels import atomic_path
+from ..files import atomic_path, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -71,7 +71,13 @@ def _load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist")
-    return onnx.load(str(path))
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, truncated external data, ...
+        raise ValueError(
+            f"{path} is not a readable ONNX model ({first_line(e)}); it is damaged or not an "
+            "ONNX file: download or export it again"
+        ) from None
 
 
 def _model_prefix(names: Sequence[str]) -> str:

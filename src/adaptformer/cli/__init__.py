@@ -59,9 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, UserFacingError, UnreadableImageError) as e:
         if args.verbose:
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"adaptformer: error: {message}", file=sys.stderr)
+        print(f"adaptformer: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The message of a user error. A ``KeyError``'s is its key: our own carry a sentence, a
+    bare key (``'config'``) came from a file that lacks it and is said so."""
+    if not isinstance(error, KeyError):
+        return str(error)
+    key = error.args[0] if error.args else ""
+    if isinstance(key, str) and " " in key:
+        return key
+    return f"missing key {key!r} in a file it read (run with -v to see where)"
 
 
 if __name__ == "__main__":

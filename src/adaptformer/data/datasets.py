@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -228,11 +229,47 @@ def _file_pools(
     """Scan the files of each split and build pools from the readable ones."""
     pools, skipped = {}, []
     for split, (paths, targets) in splits.items():
-        pool = Pool(FileSource(paths), np.asarray(targets), [relative_id(p, root) for p in paths])
+        first = _first_of_each_file(paths, f"{cfg.dataset} {split}")
+        paths, targets = [paths[i] for i in first], np.asarray(targets)[first]
+        pool = Pool(FileSource(paths), targets, [relative_id(p, root) for p in paths])
         ok, bad = scan_images(paths, strict=cfg.strict_data, what=f"{cfg.dataset} {split} images")
+        if split == "train":
+            _check_classes_readable(cfg, targets, np.asarray(ok, dtype=bool))
         pools[split] = pool.subset(ok) if bad else pool
         skipped += bad
     return pools, skipped
+
+
+def _first_of_each_file(paths: Sequence[str], what: str) -> list[int]:
+    """Positions of ``paths`` that name a file no earlier path names (after resolving links).
+
+    A file reached twice (a link, a repeated list line) would count twice and could land in
+    both training and validation, which are carved from one pool.
+    """
+    seen: set[str] = set()
+    keep = []
+    for i, p in enumerate(paths):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            keep.append(i)
+    if len(keep) < len(paths):
+        _log.warning("%s: %d paths name a file already listed; each file is used once",
+                     what, len(paths) - len(keep))  # fmt: skip
+    return keep
+
+
+def _check_classes_readable(cfg: DataConfig, targets: np.ndarray, ok: np.ndarray) -> None:
+    """Refuse a training class whose every image is unreadable: like an empty class folder, it
+    would train with no examples after nothing but per-file warnings."""
+    if targets.ndim != 1:  # multi-label: a class has no files of its own
+        return
+    dead = sorted(set(targets.tolist()) - set(targets[ok].tolist()))
+    if dead:
+        raise ValueError(
+            f"{cfg.dataset}: every training image of class index(es) {dead} is unreadable; "
+            "replace the files or remove the class"
+        )
 
 
 def _layout_error(cfg: DataConfig, problem: str) -> FileNotFoundError:
@@ -252,9 +289,6 @@ def _imagefolder(cfg: DataConfig) -> _Raw:
     missing from it cannot shift the others' indices. If both ``test/`` and ``val/`` exist,
     ``test/`` is the test split and ``val/`` is ignored (validation is carved from train).
     """
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
     root = Path(cfg.data_root)
     if not (root / "train").is_dir():
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -274,27 +308,60 @@ def _imagefolder(cfg: DataConfig) -> _Raw:
     test_dir = root / test_name
     if not test_dir.is_dir():
         raise _layout_error(cfg, f"no {test_name}/ folder in {root}")
-    train = ImageFolder(str(root / "train"))
-    extra = sorted(
-        p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in train.class_to_idx
-    )
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    extra = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
     if extra:
         raise ValueError(
             f"imagefolder: {test_dir} has class folders that train/ lacks: {', '.join(extra)}; "
             "every test class needs training images (rename or remove those folders)"
         )
-    test = make_dataset(str(test_dir), train.class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-    if not test:
+    train = _folder_samples(root / "train", classes)
+    present = set(train[1].tolist())
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty or not classes:
+        where = ", ".join(empty) if empty else "<class>"
+        raise _layout_error(cfg, f"no images in {root / 'train'}/{where}/")
+    test = _folder_samples(test_dir, classes)
+    if not test[0]:
         raise _layout_error(cfg, f"no images in {test_dir}/<class>/")
-    pools, skipped = _file_pools(
-        cfg,
-        root,
-        {
-            "train": ([p for p, _ in train.samples], np.array(train.targets, dtype=np.int64)),
-            test_name: ([p for p, _ in test], np.array([t for _, t in test], dtype=np.int64)),
-        },
-    )
-    return _Raw(pools["train"], pools[test_name], list(train.classes), False, skipped, test_name)
+    pools, skipped = _file_pools(cfg, root, {"train": train, test_name: test})
+    return _Raw(pools["train"], pools[test_name], classes, False, skipped, test_name)
+
+
+def _folder_samples(split_dir: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """Image paths below ``split_dir/<class>/`` and their class indices, links followed only
+    while they stay inside their class folder: a link to ``..`` would otherwise loop through
+    every class and label other classes' images with this one."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    paths, targets = [], []
+    for index, name in enumerate(classes):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            continue
+        for path in _files_inside(class_dir):
+            if path.lower().endswith(IMG_EXTENSIONS):
+                paths.append(path)
+                targets.append(index)
+    return paths, np.array(targets, dtype=np.int64)
+
+
+def _files_inside(folder: Path) -> list[str]:
+    """Files below ``folder`` in sorted order; a folder link is entered only if it resolves to
+    a folder inside ``folder`` not visited yet (so loops end), a file link is kept."""
+    top = os.path.realpath(folder)
+    seen = {top}
+    walked = []
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, d))
+            if real not in seen and real.startswith(top + os.sep):
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        walked.append((here, files))
+    return [os.path.join(here, f) for here, files in sorted(walked) for f in sorted(files)]
 
 
 def _read_list(path: Path, root: Path) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -50,10 +51,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
+            return to_rgb(Image.open(f))
     except DECODE_ERRORS as err:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB, 16-bit grayscale scaled down rather than clipped.
+
+    PIL's ``convert("RGB")`` clips 16-bit values (0..65535) at 255, so a 16-bit PNG came out
+    almost white; here ``I;16*`` (and ``I`` holding values above 255) is divided by 257 first.
+    """
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        values = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
+        img = Image.fromarray(np.round(values).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def check_image(path: str | os.PathLike) -> str | None:

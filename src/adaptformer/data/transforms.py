@@ -17,6 +17,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from .safe import to_rgb
+
 # The paper's test-time ratio of crop to resized side: 224 / 256.
 EVAL_CROP_PCT = 0.875
 
@@ -37,7 +39,7 @@ class ToRGB:
     """
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img if img.mode == "RGB" else to_rgb(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -57,10 +59,14 @@ def resolve_interpolation(interpolation: str | InterpolationMode) -> Interpolati
 
 
 def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    if len(mean) != 3 or len(std) != 3:
+    try:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise ValueError(f"mean={mean!r} and std={std!r} must be lists of numbers") from None
+    if len(mean) != 3 or len(std) != 3 or not all(map(math.isfinite, mean + std)):
         raise ValueError(
-            f"mean={mean} and std={std} must have 3 values each (images are converted to RGB)"
+            f"mean={mean} and std={std} must have 3 values each, all finite (images are "
+            "converted to RGB)"
         )
     if any(s <= 0 for s in std):
         raise ValueError(f"std={std} must be positive")

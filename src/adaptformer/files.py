@@ -1,0 +1,186 @@
+"""Reading files that may be damaged or hostile, and writing files so a crash keeps the old one.
+
+Adapter files, run folders and backbone checkpoints are copied between machines and
+downloaded, so every reader here treats its file as untrusted: nothing is executed, sizes are
+checked against the file before anything is allocated, and whatever is wrong becomes a
+one-line ``ValueError`` naming the file (the CLI prints it and exits 2). See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserFacingError
+
+# Bytes per element of each safetensors dtype (the format's own names).
+SAFETENSORS_DTYPES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+# The JSON header of a real file is a few hundred bytes per tensor; 100 MB is the format's cap.
+_MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it (nothing is read or allocated)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
+    """The tensors a ``.safetensors`` file declares, checked against the file's size.
+
+    Every tensor's byte range must lie inside the file and match its dtype and shape, so a
+    shape read from here is backed by real bytes and is safe to allocate.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is empty, truncated or not a safetensors file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _damaged(path, f"{size} bytes, too short for a header")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(_MAX_HEADER, size - 8):
+            raise _damaged(path, f"its header claims {length} bytes of a {size}-byte file")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a mapping")
+    header.pop("__metadata__", None)
+    data = size - 8 - length
+    return {name: _tensor_info(path, name, entry, data) for name, entry in header.items()}
+
+
+def _tensor_info(path: Path, name: str, entry: Any, data: int) -> TensorInfo:
+    """One header entry, checked: known dtype, integer shape, byte range inside the file."""
+    if not isinstance(entry, dict):
+        raise _damaged(path, f"the entry of {name} is not a mapping")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise _damaged(path, f"{name} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
+        raise _damaged(path, f"{name} has shape {shape!r}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(o) for o in offsets)):
+        raise _damaged(path, f"{name} has data_offsets {offsets!r}")
+    begin, end = offsets
+    if not begin <= end <= data or end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
+        raise _damaged(
+            path, f"{name} ({dtype} {tuple(shape)}) does not fit bytes {begin}..{end} of {data}"
+        )
+    return TensorInfo(dtype, tuple(shape))
+
+
+def is_count(x: Any) -> bool:
+    """A whole number >= 0 (``bool`` is not one), as sizes in untrusted files must be."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _damaged(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a valid safetensors file ({problem}); it is damaged or truncated: "
+        "copy or write it again"
+    )
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.safetensors`` file, after :func:`safetensors_header` checked it."""
+    from safetensors.torch import load_file
+
+    safetensors_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError and friends: the header passed, the data did not
+        raise _damaged(Path(path), first_line(e)) from None
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file, with a one-line error naming it (and ``what`` it should be) if it is not."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the same directory, so the final ``os.replace`` is atomic on
+    POSIX and Windows: readers see either the old file or the complete new one. On error the
+    temporary file is removed and ``path`` is left untouched; a full disk is a
+    :class:`UserFacingError` saying so instead of a traceback.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        # mkstemp makes 0600 (and writers may recreate the file): give the usual mode.
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise UserFacingError(
+            f"no space left on device while writing {path} ({kept}); free some space and run "
+            "the command again (training: add --resume)"
+        ) from None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` means the disk (or quota) is full; libraries that write through their
+    own code (torch's zip writer, safetensors' Rust) report it as text, not as an errno."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "os error 28" in text
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,264 @@
+"""Fuzz: corrupted adapter files, configs and checkpoints give one-line errors, never crashes.
+
+Seeded mutations (truncations, bit flips, garbage, wrong types, huge sizes) of a tiny real run
+are fed to ``load_adapter`` and to ``tasks add``, ``eval``, ``predict`` and ``train --resume``.
+Each case either works (a bit flip in a weight may still be a valid number) or fails with a
+``ValueError``/``FileNotFoundError`` of one line (exit 2 on the command line) and leaves the
+model, the registry and the run folder as they were. Anything else is a bug: the test fails
+with its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import adaptformer as af
+from adaptformer.cli import main
+
+from .helpers import randomize_, tiny_vit
+from .runs import make_checkpoint, make_image_folder, train_args
+
+CONFIG, WEIGHTS, CHECKPOINT = "adapter_config.json", "adapter_model.safetensors", "checkpoint.pt"
+WRONG = [None, "2", "", [], {}, -1, 0, 10**9, 10**18, float("nan"), float("inf"), True, 1.5, [1]]
+
+
+# -- mutations ----------------------------------------------------------------------------------
+
+
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    """Truncate, flip bits, overwrite a run with garbage, or empty the file."""
+    kind = rng.choice(["truncate", "flip", "flip", "garbage", "empty", "header"])
+    if kind == "truncate":
+        return data[: rng.randrange(len(data))]
+    if kind == "empty":
+        return b""
+    out = bytearray(data)
+    if kind == "header":  # the first bytes hold the sizes: the most dangerous place
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(min(64, len(out)))] ^= 1 << rng.randrange(8)
+    elif kind == "flip":
+        for _ in range(rng.randint(1, 8)):
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    else:
+        at = rng.randrange(len(out))
+        out[at : at + 64] = rng.randbytes(64)
+    return bytes(out)
+
+
+def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key path in a JSON-like tree."""
+    found = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _paths(v, (*prefix, k))
+    elif isinstance(value, list) and len(value) < 20:
+        for i, v in enumerate(value):
+            found += _paths(v, (*prefix, i))
+    return found
+
+
+def mutate_tree(tree: Any, rng: random.Random) -> Any:
+    """A copy of ``tree`` with one value replaced by a wrong one, or one key deleted."""
+    tree = json.loads(json.dumps(tree))
+    path = rng.choice(_paths(tree))
+    parent = tree
+    for k in path[:-1]:
+        parent = parent[k]
+    if isinstance(parent, dict) and rng.random() < 0.25:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = rng.choice(WRONG)
+    return tree
+
+
+def damage(folder: Path, name: str, rng: random.Random) -> None:
+    """Damage one file of ``folder``: JSON by value, anything else by bytes."""
+    path = folder / name
+    if name.endswith(".json") and rng.random() < 0.7:
+        path.write_text(json.dumps(mutate_tree(json.loads(path.read_text()), rng)))
+    else:
+        path.write_bytes(mutate_bytes(path.read_bytes(), rng))
+
+
+def damage_checkpoint(folder: Path, rng: random.Random) -> None:
+    """Damage ``checkpoint.pt``: its bytes, or one value of the loaded tree (types, sizes)."""
+    path = folder / CHECKPOINT
+    if rng.random() < 0.5:
+        path.write_bytes(mutate_bytes(path.read_bytes(), rng))
+        return
+    ckpt = torch.load(path, weights_only=True)
+    keys = ["next_epoch", "history", "best", "task_state", "rng", "optimizer"]
+    key = rng.choice(keys)
+    if key == "task_state" and rng.random() < 0.6:
+        name = rng.choice(sorted(ckpt[key]))
+        t = ckpt[key][name]
+        ckpt[key][name] = rng.choice(
+            [t[:1], t.long(), t.fill_(math.nan), torch.zeros(3, 3), t.flatten()]
+        )
+    else:
+        ckpt[key] = rng.choice([*WRONG, [{}], {"state": None}])
+    torch.save(ckpt, path)
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def one_line_exit_2(code: int, err: str) -> bool:
+    """Exit 0, or exit 2 with a single ``adaptformer: error:`` line; fails on anything else."""
+    if code == 0:
+        return False
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert lines[-1].startswith("adaptformer: error:") and "Traceback" not in err, err
+    return True
+
+
+def run_cli(capsys, *argv: Any) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# -- load_adapter on a tiny model -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Adapters of every kind saved from one tiny ViT, and that ViT's weights."""
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    model = tiny_vit(depth=2)
+    backbone = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = {
+        "adaptformer": af.AdapterConfig(bottleneck=4),
+        "lora": af.AdapterConfig(method="lora", bottleneck=2),
+        "vpt": af.AdapterConfig(method="vpt", prompt_tokens=2),
+        "linear": af.AdapterConfig(method="linear", head_batchnorm=True),
+    }
+    for name, cfg in kinds.items():
+        af.inject(model, cfg, name=name, num_classes=3)
+        randomize_(af.get_head(model, name))
+        af.save_adapter(model, root / name, name)
+    return root, backbone
+
+
+def test_load_adapter_fuzz(adapters, tmp_path):
+    root, backbone = adapters
+    rng = random.Random(15)
+    model = tiny_vit(depth=2)
+    model.load_state_dict(backbone)
+    af.load_adapter(model, root / "adaptformer", name="kept")  # an existing task must survive
+    x = torch.randn(1, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    failures = 0
+    for case in range(300):
+        kind = rng.choice(sorted(p.name for p in root.iterdir()))
+        folder = tmp_path / str(case)
+        shutil.copytree(root / kind, folder)
+        damage(folder, rng.choice([CONFIG, WEIGHTS]), rng)
+        try:
+            af.load_adapter(model, folder, name="fuzz")
+        except (ValueError, FileNotFoundError) as e:
+            assert "\n" not in str(e), f"case {case}: {e}"
+            failures += 1
+            after = model.state_dict()
+            assert after.keys() == before.keys(), f"case {case}: model changed"
+            assert all(torch.equal(after[k], before[k]) for k in before), f"case {case}"
+            assert model.adaptformer.active == "kept"
+        else:  # a harmless flip: the task is there and answers with numbers
+            af.delete_adapter(model, "fuzz")
+            af.set_adapter(model, "kept")
+        shutil.rmtree(folder)
+    assert torch.isfinite(model(x)).all()
+    assert failures > 200  # most damage is detected, not silently loaded
+
+
+# -- the command line on a tiny real run --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """One finished 1-epoch run of a tiny timm ViT on 3 synthetic classes, and its data."""
+    root = tmp_path_factory.mktemp("fuzzrun")
+    data = make_image_folder(root / "data", train_per_class=4, test_per_class=1)
+    ckpt = make_checkpoint(root / "vit.safetensors")
+    out = root / "run"
+    fast = ("--epochs", "1", "--warmup-epochs", "0", "--max-steps-per-epoch", "1")
+    assert main(train_args(data, ckpt, out, *fast, "--bottleneck", "4")) == 0
+    return out, data
+
+
+def _cases(run: Path, tmp_path: Path, n: int, seed: int, hurt: Callable) -> Any:
+    """``n`` damaged copies of ``run``, one at a time."""
+    rng = random.Random(seed)
+    for case in range(n):
+        folder = tmp_path / f"case{case}"
+        shutil.copytree(run, folder)
+        hurt(folder, rng)
+        yield case, folder
+        shutil.rmtree(folder)
+
+
+def test_tasks_add_fuzz(run, tmp_path, capsys):
+    out, _ = run
+    registry = tmp_path / "registry"
+    assert run_cli(capsys, "tasks", "add", "good", out, "--registry", registry)[0] == 0
+    index = (registry / "registry.json").read_text()
+
+    def hurt(folder, rng):
+        damage(folder, rng.choice([CONFIG, WEIGHTS, "config.yaml"]), rng)
+
+    for case, folder in _cases(out, tmp_path, 80, 16, hurt):
+        code, err = run_cli(capsys, "tasks", "add", f"t{case}", folder, "--registry", registry)
+        if one_line_exit_2(code, err):
+            assert (registry / "registry.json").read_text() == index, f"case {case}"
+            assert not (registry / f"t{case}").exists()
+        else:
+            assert run_cli(capsys, "tasks", "remove", f"t{case}", "--registry", registry)[0] == 0
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_fuzz(run, tmp_path, capsys, command):
+    out, data = run
+    image = next((data / "test").rglob("*.png"))
+
+    def hurt(folder, rng):
+        damage(folder, rng.choice([CONFIG, WEIGHTS, CONFIG, WEIGHTS, "config.yaml"]), rng)
+
+    for _, folder in _cases(out, tmp_path, 25, 17 if command == "eval" else 18, hurt):
+        if command == "eval":
+            code, err = run_cli(capsys, "eval", "--run", folder, "--workers", "0")
+        else:
+            code, err = run_cli(capsys, "predict", "--run", folder, "--device", "cpu", image)
+        one_line_exit_2(code, err)
+
+
+def test_resume_fuzz(run, tmp_path, capsys):
+    """A finished run resumed with a damaged checkpoint: one line, and its results untouched."""
+    out, _ = run
+
+    def hurt(folder, rng):
+        (folder / "summary.json").unlink()
+        damage_checkpoint(folder, rng)
+
+    for _, folder in _cases(out, tmp_path, 20, 19, hurt):
+        before = snapshot(folder)
+        code, err = run_cli(capsys, "train", "--resume", "--output", folder, "--workers", "0")
+        if one_line_exit_2(code, err):
+            after = snapshot(folder)
+            assert {k: v for k, v in after.items() if k != "metrics.jsonl"} == {
+                k: v for k, v in before.items() if k != "metrics.jsonl"
+            }
