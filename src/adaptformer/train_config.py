@@ -21,9 +21,11 @@ DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
 # warm-up left a 3-epoch run at a tenth of its learning rate).
 WARMUP_FRACTION = 0.1
 # Default base learning rate (per 256 images; lr = blr * total batch / 256) per optimizer and
-# method. AdamW values: chosen on VTAB-lite's val200 lists (docs/results.md, "Default learning
-# rates"). SGD: the paper's blr 0.1 for the methods that train few parameters; full
-# fine-tuning collapses at 0.1, so it gets a tenth of it.
+# method. AdamW: the centre of the learning-rate sweep of benchmarks/vtab_lite.py (section
+# "defaults", val200 of two VTAB-1k tasks at a third, one and three times these values);
+# AdaptFormer's is 4x LoRA's because its output is scaled by 0.1, which AdamW's step size does
+# not see. SGD: the paper's blr 0.1 for the methods that train few parameters; full fine-tuning
+# collapses at 0.1, so it gets a tenth of it.
 DEFAULT_BLR: dict[str, dict[str, float]] = {
     "adamw": {
         "adaptformer": 1.6e-2,
