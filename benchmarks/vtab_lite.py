@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -109,6 +110,27 @@ def collect(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid
         raise SystemExit(f"{cfg.output} has not finished; rerun without --report")
 
     return run_protocol(p, unfinished, report=lambda _: None)
+
+
+def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
+    """The sweep's finished tuning runs, read from their folders (for a report while it runs)."""
+    from adaptformer.vtab import GROUPS, Protocol
+
+    base = {**COMMON, "checkpoint": str(checkpoint)}
+    p = Protocol(data, SWEEP_TASKS, SWEEP_METHODS, (0,), LR_GRID, out, base, tune_only=True)
+    rows = []
+    for task in SWEEP_TASKS:
+        for spec in SWEEP_METHODS:
+            default, scores = p.default_blr(spec), {}
+            for mult in LR_GRID:
+                summary = Path(p.config("tune", task, spec, default * mult, 0).output)
+                if (summary / "summary.json").is_file():
+                    s = json.loads((summary / "summary.json").read_text())
+                    scores[f"{default * mult:.3g}"] = s["test_top1"]
+            if scores:
+                rows.append({"task": task, "group": GROUPS.get(task, "other"), "method": spec,
+                             "default_blr": default, "val200_top1": scores})  # fmt: skip
+    return rows
 
 
 def ensure_data(dest: Path) -> Path:
@@ -257,6 +279,10 @@ def render(result: dict[str, Any], images: Path) -> str:
         lines += ["*The table has not been run yet.*", ""]
     if result.get("sweep"):
         lines += _defaults_section(result["sweep"], result["lr_grid"])
+        done, planned = result.get("sweep_runs"), result.get("sweep_planned")
+        if done is not None and done < planned:
+            lines += ["", f"*Partial: {done} of the sweep's {planned} runs have finished; a "
+                      "dash has not run yet. `--report --partial` wrote this.*"]  # fmt: skip
     by_key = {(r["task"], r["method"], r["seed"]): r for r in rows}
     conv = [
         r for r in result.get("convergence", []) if (r["task"], r["method"], r["seed"]) in by_key
@@ -288,28 +314,36 @@ def render(result: dict[str, Any], images: Path) -> str:
 
 
 def _defaults_section(rows, grid) -> list[str]:
-    """Mean val200 top-1 per method and grid point: where the default learning rates come from."""
-    tasks = ", ".join(dict.fromkeys(r["task"] for r in rows))
-    out = ["**Default learning rates.** The protocol's tuning phase (train800 -> val200, seed 0) "
-           f"on {tasks}: mean val200 top-1 for each multiple of the method's default base lr "
-           "(per 256 images). `adaptformer train` uses the default (x1) when no `--lr`/`--blr` "
-           "is given:", "",
+    """val200 top-1 per method, task and grid point: where the default learning rates come from.
+
+    Each cell lists the tasks in order ("a / b"); the best multiple is the one with the highest
+    mean over the tasks (ties: the one nearest x1), given once every cell of the row has run.
+    """
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    out = ["**Default learning rates.** The protocol's tuning phase (train800 -> val200, seed 0): "
+           f"val200 top-1 on {' / '.join(tasks)} for each multiple of the method's default base "
+           "lr (per 256 images). `adaptformer train` uses the default (x1) when no "
+           "`--lr`/`--blr` is given:", "",
            "| method | default blr | " + " | ".join(f"x{g:g}" for g in grid) + " | best |",
            "|---|---:|" + "---:|" * (len(grid) + 1)]  # fmt: skip
     for spec in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == spec and r["val200_top1"]]
-        if not mine:
-            continue
-        default = mine[0]["default_blr"]
-        means = []
+        by_task = {r["task"]: r for r in rows if r["method"] == spec}
+        default = next(iter(by_task.values()))["default_blr"]
+        cells, means = [], []
         for g in grid:
             key = f"{default * g:.3g}"
-            vals = [r["val200_top1"][key] for r in mine if key in r["val200_top1"]]
-            means.append(sum(vals) / len(vals) if vals else float("nan"))
-        best = grid[max(range(len(grid)), key=lambda i: means[i])]
-        out.append(f"| {spec} | {default:g} | " + " | ".join(f"{v:.1f}" for v in means)
-                   + f" | x{best:g} |")  # fmt: skip
+            vals = [by_task[t]["val200_top1"].get(key) if t in by_task else None for t in tasks]
+            cells.append(" / ".join("–" if v is None else f"{v:.1f}" for v in vals))
+            means.append(None if None in vals else sum(vals) / len(vals))
+        best = f"x{_best_multiple(grid, means):g}" if None not in means else ""
+        out.append(f"| {spec} | {default:g} | " + " | ".join(cells) + f" | {best} |")
     return out
+
+
+def _best_multiple(grid, means) -> float:
+    """The multiple with the highest mean; a tie keeps the one nearest the current default
+    (x1): there is no evidence to move it."""
+    return max(zip(grid, means, strict=True), key=lambda gm: (gm[1], -abs(math.log(gm[0]))))[0]
 
 
 def _plot(summary, path: Path) -> None:
@@ -340,6 +374,11 @@ def main() -> None:
                     help="run folders and the unpacked data (default: runs/vtab-lite)")  # fmt: skip
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--report", action="store_true", help="only rebuild the results files")
+    ap.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report --sections defaults: report the sweep's finished runs so far",
+    )
     ap.add_argument("--plan", action="store_true", help="print the estimated time and stop")
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
@@ -366,8 +405,14 @@ def main() -> None:
         run_queue(units, w / "logs")
     result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID}
     if "defaults" in args.sections:
-        result["sweep"] = collect(data, w / "sweep", ck, SWEEP_TASKS, SWEEP_METHODS, (0,),
-                                  LR_GRID, tune_only=True)  # fmt: skip
+        result["sweep"] = (
+            sweep_so_far(data, w / "sweep", ck)
+            if args.partial
+            else collect(data, w / "sweep", ck, SWEEP_TASKS, SWEEP_METHODS, (0,), LR_GRID,
+                         tune_only=True)
+        )  # fmt: skip
+        result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])
+        result["sweep_planned"] = len(SWEEP_TASKS) * len(SWEEP_METHODS) * len(LR_GRID)
     if "table" in args.sections:
         rows = collect(data, w / "runs", ck, TASKS, METHODS, (0,), (1.0,))
         rows += [r for r in collect(data, w / "runs", ck, TASKS, DECIDING, (0, 1), (1.0,))

@@ -59,9 +59,9 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
     }  # fmt: skip
     md = script.render(result, tmp_path)
     assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 80.0 | 80.0 |" in md
-    assert "| adaptformer-64 | 0.004 | 75.0 | 80.0 | 79.0 | x1 |" in md
+    assert "| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 |" in md
     assert "| adaptformer-64 | eurosat | 10 | 80.0 | 20 | 80.5 | +0.5 |" in md
-    assert "on eurosat, dsprites_loc: mean val200" in md
+    assert "val200 top-1 on eurosat / dsprites_loc for each multiple" in md
     assert "| adaptformer | 25.0 | 36.0 |" in md and "scores 79.0 in fp32 and 80.0 in bf16" in md
     assert (tmp_path / "vtab_lite.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -74,3 +74,28 @@ def test_render_of_a_sweep_alone_says_the_table_is_pending(tmp_path):
               "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "sweep": sweep}  # fmt: skip
     md = script.render(result, tmp_path)
     assert "has not been run yet" in md and "| full | 0.0004 | 70.0 | 75.0 | 60.0 | x1 |" in md
+
+
+def test_a_partial_sweep_shows_dashes_and_no_best(tmp_path):
+    script = load_script("vtab_lite")
+    sweep = [
+        {"task": "eurosat", "method": "full", "default_blr": 4e-4,
+         "val200_top1": {"0.00012": 70.0, "0.0004": 75.0}},
+        {"task": "dsprites_loc", "method": "full", "default_blr": 4e-4,
+         "val200_top1": {"0.00012": 10.0}},
+    ]  # fmt: skip
+    result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "2"},
+              "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "sweep": sweep,
+              "sweep_runs": 3, "sweep_planned": 36}  # fmt: skip
+    md = script.render(result, tmp_path)
+    assert "| full | 0.0004 | 70.0 / 10.0 | 75.0 / – | – / – |  |" in md
+    assert "Partial: 3 of the sweep's 36 runs" in md
+
+
+def test_a_tie_in_the_sweep_keeps_the_default(tmp_path):
+    script = load_script("vtab_lite")
+    sweep = [{"task": t, "method": "full", "default_blr": 4e-4,
+              "val200_top1": {"0.00012": a, "0.0004": b, "0.0012": 1.0}}
+             for t, a, b in (("eurosat", 88.0, 89.0), ("dsprites_loc", 66.0, 65.0))]  # fmt: skip
+    lines = script._defaults_section(sweep, [0.3, 1.0, 3.0])
+    assert lines[-1].endswith("| x1 |")
