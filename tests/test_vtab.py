@@ -129,6 +129,11 @@ def test_a_one_point_grid_skips_tuning(tmp_path):
     assert rows[0]["val200_top1"] == {}
 
 
+def test_no_task_or_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least one task and one method"):
+        _protocol(tmp_path, tmp_path / "out", tasks=())
+
+
 def test_missing_lists_are_named(tmp_path):
     task = make_vtab_task(tmp_path / "vtab", "eurosat")
     (task / "val200.txt").unlink()

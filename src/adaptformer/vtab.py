@@ -93,6 +93,8 @@ class Protocol:
     tune_only: bool = False
 
     def __post_init__(self) -> None:
+        if not self.tasks or not self.methods:
+            raise ValueError("the protocol needs at least one task and one method")
         for task in self.tasks:
             missing = [n for n in ("train800", "val200", "train800val200", "test")
                        if not (self.root / task / f"{n}.txt").is_file()]  # fmt: skip
