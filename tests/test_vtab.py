@@ -127,6 +127,10 @@ def test_a_one_point_grid_skips_tuning(tmp_path):
     blr = 2 * DEFAULT_BLR["adamw"]["adaptformer"]
     assert [c[:3] for c in fit.calls] == [("train800val200", "test", pytest.approx(blr))] * 2
     assert rows[0]["val200_top1"] == {}
+    tune_only = _protocol(tmp_path / "vtab", tmp_path / "out2", tasks=("eurosat",),
+                          lr_grid=(2.0,), tune_only=True)  # fmt: skip
+    (row,) = run_protocol(tune_only, fit, print)
+    assert row["val200_top1"] == {}  # nothing ran, so no score (not a made-up 0.0)
 
 
 def test_no_task_or_method_is_refused(tmp_path):

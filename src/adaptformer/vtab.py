@@ -15,7 +15,6 @@ run killed before its first checkpoint starts over, so the same command resumes 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import shutil
@@ -25,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write_text
 from .train_config import TrainConfig
-
-_log = logging.getLogger(__name__)
 
 # The 19 VTAB-1k tasks and their groups, under the folder names of the common list layout.
 _NATURAL = ("cifar", "caltech101", "dtd", "oxford_flowers102", "flowers102", "oxford_iiit_pet",
@@ -141,18 +139,18 @@ def run_protocol(
     for task in p.tasks:
         for spec in p.methods:
             default = p.default_blr(spec)
-            tuned = [(0.0, 0.0, 0.0, default * p.lr_grid[0])] if not grid else []
+            tuned = []
             for mult in grid:
                 done += 1
                 cfg = p.config("tune", task, spec, default * mult, p.seeds[0])
                 s = _run(cfg, fit, f"[{done}/{total}] {task} {spec} tune blr {cfg.blr:.3g}", report)
                 tuned.append((s["test_top1"], -s.get("test_loss", math.inf), -cfg.blr, cfg.blr))
             # best val200 top-1; ties to the lower loss, then the smaller learning rate
-            blr = max(tuned)[3]
+            blr = max(tuned)[3] if tuned else default * p.lr_grid[0]
+            val200 = {f"{t[3]:.3g}": t[0] for t in tuned}
             if p.tune_only:
                 rows.append({"task": task, "group": GROUPS.get(task, "other"), "method": spec,
-                             "default_blr": default, "blr": blr,
-                             "val200_top1": {f"{t[3]:.3g}": t[0] for t in tuned}})  # fmt: skip
+                             "default_blr": default, "blr": blr, "val200_top1": val200})  # fmt: skip
             for seed in () if p.tune_only else p.seeds:
                 done += 1
                 cfg = p.config("final", task, spec, blr, seed)
@@ -161,7 +159,7 @@ def run_protocol(
                 rows.append({
                     "task": task, "group": GROUPS.get(task, "other"), "method": spec,
                     "seed": seed, "blr": blr, "default_blr": default,
-                    "val200_top1": {f"{t[3]:.3g}": t[0] for t in tuned} if grid else {},
+                    "val200_top1": val200,
                     **{k: s.get(k) for k in ("test_top1", "trainable_params", "artifact_bytes",
                                               "train_images_per_s", "seconds", "epochs")},
                 })  # fmt: skip
@@ -186,7 +184,7 @@ def _run(
     start = time.time()
     summary = fit(cfg, resume=resume, progress=False)
     summary["seconds"] = summary.get("seconds", time.time() - start)
-    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
     report(f"{label}: top-1 {summary['test_top1']:.1f} ({time.time() - start:.0f} s"
            f"{', resumed' if resume else ''})")  # fmt: skip
     return summary

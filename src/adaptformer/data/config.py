@@ -181,18 +181,10 @@ class DataConfig:
             )
         if not isinstance(self.strict_data, bool):
             yield f"strict_data={self.strict_data!r} must be True or False"
-        if self.test_split is not None and (
-            not isinstance(self.test_split, str)
-            or not self.test_split
-            or any(c in self.test_split for c in "/\\")
-        ):
+        if self.test_split is not None and not _is_split_name(self.test_split):
             yield f"test_split={self.test_split!r} must be a split name such as 'test' or 'val'"
         if self.train_split is not None:
-            if (
-                not isinstance(self.train_split, str)
-                or not self.train_split
-                or any(c in self.train_split for c in "/\\")
-            ):
+            if not _is_split_name(self.train_split):
                 yield f"train_split={self.train_split!r} must be a list name such as 'train800'"
             elif self.dataset not in LIST_DATASETS:
                 yield (
@@ -202,6 +194,11 @@ class DataConfig:
 
     def _has_val(self) -> bool:
         return isinstance(self.val_fraction, (int, float)) and self.val_fraction > 0
+
+
+def _is_split_name(value: object) -> bool:
+    """A bare split or list name: a non-empty string that cannot reach another folder."""
+    return isinstance(value, str) and bool(value) and not any(c in value for c in "/\\")
 
 
 def _is_int(value: object) -> bool:
