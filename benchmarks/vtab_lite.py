@@ -52,10 +52,16 @@ TASKS = ("caltech101", "flowers102", "eurosat", "dsprites_loc", "dsprites_ori")
 METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "adaptformer-64")
 DECIDING = ("adaptformer-64", "full")  # the two methods run with a second seed
 # The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
-# on one natural-image and one structured task, every method kind, three points.
+# on one natural-image and one structured task, every method kind. The grid is multiples of a
+# first guess per method (SWEEP_BASE_BLR); a method whose best of x0.3/x1/x3 was x3 also runs x9,
+# so that no chosen default sits on the edge of what was measured.
 SWEEP_TASKS = ("eurosat", "dsprites_loc")
 SWEEP_METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-64")
-LR_GRID = (0.3, 1.0, 3.0)
+SWEEP_BASE_BLR = {"linear": 4e-2, "full": 4e-4, "bitfit": 4e-3, "vpt": 4e-3, "lora": 4e-3,
+                  "adaptformer": 1.6e-2}  # fmt: skip
+LR_GRID = (0.3, 1.0, 3.0, 9.0)
+SWEEP_EXTENDED = ("linear", "bitfit", "vpt-10", "lora-8")  # best at x3 -> x9
+SWEEP_GRID = {m: LR_GRID if m in SWEEP_EXTENDED else LR_GRID[:3] for m in SWEEP_METHODS}
 EPOCHS = 6
 CONVERGENCE_TASK = "eurosat"
 COMMON = {
@@ -112,24 +118,41 @@ def collect(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid
     return run_protocol(p, unfinished, report=lambda _: None)
 
 
+def _kind(spec: str) -> str:
+    return spec.split("-")[0]
+
+
 def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
     """The sweep's finished tuning runs, read from their folders (for a report while it runs)."""
     from adaptformer.vtab import GROUPS, Protocol
 
-    base = {**COMMON, "checkpoint": str(checkpoint)}
-    p = Protocol(data, SWEEP_TASKS, SWEEP_METHODS, (0,), LR_GRID, out, base, tune_only=True)
     rows = []
-    for task in SWEEP_TASKS:
-        for spec in SWEEP_METHODS:
-            default, scores = p.default_blr(spec), {}
-            for mult in LR_GRID:
-                summary = Path(p.config("tune", task, spec, default * mult, 0).output)
-                if (summary / "summary.json").is_file():
-                    s = json.loads((summary / "summary.json").read_text())
-                    scores[f"{default * mult:.3g}"] = s["test_top1"]
+    for spec in SWEEP_METHODS:
+        base_blr = SWEEP_BASE_BLR[_kind(spec)]
+        base = {**COMMON, "checkpoint": str(checkpoint), "blr": base_blr}
+        p = Protocol(data, SWEEP_TASKS, (spec,), (0,), SWEEP_GRID[spec], out, base, True)
+        for task in SWEEP_TASKS:
+            scores = {}
+            for mult in SWEEP_GRID[spec]:
+                folder = Path(p.config("tune", task, spec, base_blr * mult, 0).output)
+                if (folder / "summary.json").is_file():
+                    s = json.loads((folder / "summary.json").read_text())
+                    scores[f"{base_blr * mult:.3g}"] = s["test_top1"]
             if scores:
                 rows.append({"task": task, "group": GROUPS.get(task, "other"), "method": spec,
-                             "default_blr": default, "val200_top1": scores})  # fmt: skip
+                             "base_blr": base_blr, "grid": list(SWEEP_GRID[spec]),
+                             "val200_top1": scores})  # fmt: skip
+    return rows
+
+
+def sweep_rows(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
+    """The finished sweep, one row per (task, method), each with its base learning rate."""
+    rows = []
+    for spec in SWEEP_METHODS:
+        base_blr = SWEEP_BASE_BLR[_kind(spec)]
+        for r in collect(data, out, checkpoint, SWEEP_TASKS, [spec], (0,), SWEEP_GRID[spec],
+                         tune_only=True, blr=base_blr):  # fmt: skip
+            rows.append({**r, "base_blr": base_blr, "grid": list(SWEEP_GRID[spec])})
     return rows
 
 
@@ -194,13 +217,13 @@ def machine() -> dict[str, Any]:
 
 
 def _seconds(spec: str, train_images: int, eval_images: int) -> float:
-    return train_images / _SPEED[spec.split("-")[0]] + eval_images / _EVAL_SPEED
+    return train_images / _SPEED[_kind(spec)] + eval_images / _EVAL_SPEED
 
 
 def plan() -> dict[str, float]:
     """Estimated hours per section on 2 cores (two processes side by side)."""
     test = 2000
-    sweep = sum(len(LR_GRID) * _seconds(m, 800 * EPOCHS, 200 * 1)
+    sweep = sum(len(SWEEP_GRID[m]) * _seconds(m, 800 * EPOCHS, 200 * 1)
                 for m in SWEEP_METHODS for _ in SWEEP_TASKS)  # fmt: skip
     table = sum((2 if m in DECIDING else 1) * _seconds(m, 1000 * EPOCHS, test)
                 for m in METHODS for _ in TASKS)  # fmt: skip
@@ -316,27 +339,38 @@ def render(result: dict[str, Any], images: Path) -> str:
 def _defaults_section(rows, grid) -> list[str]:
     """val200 top-1 per method, task and grid point: where the default learning rates come from.
 
-    Each cell lists the tasks in order ("a / b"); the best multiple is the one with the highest
-    mean over the tasks (ties: the one nearest x1), given once every cell of the row has run.
+    Each cell lists the tasks in order ("a / b"); a blank cell is outside that method's grid.
+    The best multiple is the one with the highest mean over the tasks (ties: the one nearest x1),
+    given once every cell of the row has run; the last column is the default the code uses now,
+    so a reader can check that it is the base times the best multiple.
     """
+    from adaptformer.train_config import DEFAULT_BLR
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     out = ["**Default learning rates.** The protocol's tuning phase (train800 -> val200, seed 0): "
-           f"val200 top-1 on {' / '.join(tasks)} for each multiple of the method's default base "
-           "lr (per 256 images). `adaptformer train` uses the default (x1) when no "
-           "`--lr`/`--blr` is given:", "",
-           "| method | default blr | " + " | ".join(f"x{g:g}" for g in grid) + " | best |",
-           "|---|---:|" + "---:|" * (len(grid) + 1)]  # fmt: skip
+           f"val200 top-1 on {' / '.join(tasks)} for each multiple of a first-guess base lr "
+           "(per 256 images); x9 ran where x3 was best of the first three. `adaptformer train` "
+           "uses the default blr when no `--lr`/`--blr` is given:", "",
+           "| method | base blr | " + " | ".join(f"x{g:g}" for g in grid)
+           + " | best | default blr |",
+           "|---|---:|" + "---:|" * (len(grid) + 2)]  # fmt: skip
     for spec in dict.fromkeys(r["method"] for r in rows):
         by_task = {r["task"]: r for r in rows if r["method"] == spec}
-        default = next(iter(by_task.values()))["default_blr"]
+        first = next(iter(by_task.values()))
+        base, own = first["base_blr"], first.get("grid", grid)
         cells, means = [], []
         for g in grid:
-            key = f"{default * g:.3g}"
+            if g not in own:
+                cells.append("")
+                continue
+            key = f"{base * g:.3g}"
             vals = [by_task[t]["val200_top1"].get(key) if t in by_task else None for t in tasks]
             cells.append(" / ".join("–" if v is None else f"{v:.1f}" for v in vals))
             means.append(None if None in vals else sum(vals) / len(vals))
-        best = f"x{_best_multiple(grid, means):g}" if None not in means else ""
-        out.append(f"| {spec} | {default:g} | " + " | ".join(cells) + f" | {best} |")
+        best = f"x{_best_multiple(own, means):g}" if None not in means else ""
+        default = DEFAULT_BLR["adamw"].get(spec.split("-")[0])
+        out.append(f"| {spec} | {base:g} | " + " | ".join(cells)
+                   + f" | {best} | {'' if default is None else f'{default:g}'} |")  # fmt: skip
     return out
 
 
@@ -390,7 +424,8 @@ def main() -> None:
     w = args.work
     units: list[list[str]] = []
     if "defaults" in args.sections:
-        units += [vtab_command(data, w / "sweep", ck, [t], [m], (0,), LR_GRID, tune_only=True)
+        units += [vtab_command(data, w / "sweep", ck, [t], [m], (0,), SWEEP_GRID[m],
+                               tune_only=True, blr=SWEEP_BASE_BLR[_kind(m)])
                   for m in SWEEP_METHODS for t in SWEEP_TASKS]  # fmt: skip
     if "table" in args.sections:
         units += [vtab_command(data, w / "runs", ck, [t], [m], (0, 1) if m in DECIDING else (0,),
@@ -405,14 +440,9 @@ def main() -> None:
         run_queue(units, w / "logs")
     result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID}
     if "defaults" in args.sections:
-        result["sweep"] = (
-            sweep_so_far(data, w / "sweep", ck)
-            if args.partial
-            else collect(data, w / "sweep", ck, SWEEP_TASKS, SWEEP_METHODS, (0,), LR_GRID,
-                         tune_only=True)
-        )  # fmt: skip
+        result["sweep"] = (sweep_so_far if args.partial else sweep_rows)(data, w / "sweep", ck)
         result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])
-        result["sweep_planned"] = len(SWEEP_TASKS) * len(SWEEP_METHODS) * len(LR_GRID)
+        result["sweep_planned"] = len(SWEEP_TASKS) * sum(len(g) for g in SWEEP_GRID.values())
     if "table" in args.sections:
         rows = collect(data, w / "runs", ck, TASKS, METHODS, (0,), (1.0,))
         rows += [r for r in collect(data, w / "runs", ck, TASKS, DECIDING, (0, 1), (1.0,))

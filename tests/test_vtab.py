@@ -190,3 +190,13 @@ def test_tune_only_reports_val200_per_learning_rate(tmp_path):
     (row,) = run_protocol(p, fit, print)
     assert [c[0] for c in fit.calls] == ["train800"] * 3
     assert row["blr"] == pytest.approx(row["default_blr"]) and len(row["val200_top1"]) == 3
+
+
+def test_a_given_blr_is_the_base_the_grid_multiplies(tmp_path):
+    make_vtab_task(tmp_path / "vtab", "eurosat")
+    fit = FakeFit()
+    p = _protocol(tmp_path / "vtab", tmp_path / "out", tasks=("eurosat",), lr_grid=(0.5, 2.0),
+                  tune_only=True, base={"epochs": 1, "blr": 0.01})  # fmt: skip
+    assert p.default_blr("adaptformer-8") == 0.01
+    run_protocol(p, fit, print)
+    assert [c[2] for c in fit.calls] == [pytest.approx(0.005), pytest.approx(0.02)]

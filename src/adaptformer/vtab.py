@@ -39,10 +39,11 @@ GROUPS: dict[str, str] = {
     **dict.fromkeys(_STRUCTURED, "structured"),
 }
 GROUP_ORDER = ("natural", "specialized", "structured")
-# Protocol options the command sets itself; every other `train` option passes through.
+# Protocol options the command sets itself; every other `train` option passes through
+# (``blr`` too: when given, it replaces each method's default as the base the grid multiplies).
 PROTOCOL_FIELDS = (
     "dataset", "data_root", "method", "bottleneck", "prompt_tokens", "output", "seed",
-    "train_split", "test_split", "val_fraction", "lr", "blr",
+    "train_split", "test_split", "val_fraction", "lr",
 )  # fmt: skip
 # What a size suffix means per method: ``adaptformer-8`` is r=8, ``vpt-10`` ten prompts.
 _SIZE_FIELD = {"adaptformer": "bottleneck", "lora": "bottleneck", "vpt": "prompt_tokens"}

@@ -9,6 +9,12 @@ from adaptformer.cli import build_parser
 from .conftest import load_script
 
 
+def script_default(kind: str) -> str:
+    from adaptformer.train_config import DEFAULT_BLR
+
+    return f"{DEFAULT_BLR['adamw'][kind]:g}"
+
+
 def test_every_command_is_a_valid_vtab_invocation():
     script = load_script("vtab_lite")
     cmd = script.vtab_command(Path("d"), Path("o"), Path("c.safetensors"), ["eurosat"],
@@ -47,7 +53,7 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
                     "artifact_bytes": 2**21,
                 }
             )
-    sweep = [{k: r[k] for k in ("task", "method", "default_blr", "blr", "val200_top1")}
+    sweep = [{"base_blr": 4e-3, **{k: r[k] for k in ("task", "method", "blr", "val200_top1")}}
              for r in rows]  # fmt: skip
     result = {
         "machine": {"date": "2026-12-01", "cpu": "cpu", "cores": 2, "torch": "2"},
@@ -59,7 +65,11 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
     }  # fmt: skip
     md = script.render(result, tmp_path)
     assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 80.0 | 80.0 |" in md
-    assert "| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 |" in md
+    default = script_default("adaptformer")
+    assert (
+        f"| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 | {default} |"
+        in md
+    )
     assert "| adaptformer-64 | eurosat | 10 | 80.0 | 20 | 80.5 | +0.5 |" in md
     assert "val200 top-1 on eurosat / dsprites_loc for each multiple" in md
     assert "| adaptformer | 25.0 | 36.0 |" in md and "scores 79.0 in fp32 and 80.0 in bf16" in md
@@ -68,34 +78,52 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
 
 def test_render_of_a_sweep_alone_says_the_table_is_pending(tmp_path):
     script = load_script("vtab_lite")
-    sweep = [{"task": "eurosat", "method": "full", "default_blr": 4e-4, "blr": 4e-4,
+    sweep = [{"task": "eurosat", "method": "full", "base_blr": 4e-4, "blr": 4e-4,
               "val200_top1": {"0.00012": 70.0, "0.0004": 75.0, "0.0012": 60.0}}]  # fmt: skip
     result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "2"},
               "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "sweep": sweep}  # fmt: skip
     md = script.render(result, tmp_path)
-    assert "has not been run yet" in md and "| full | 0.0004 | 70.0 | 75.0 | 60.0 | x1 |" in md
+    assert "has not been run yet" in md
+    assert f"| full | 0.0004 | 70.0 | 75.0 | 60.0 | x1 | {script_default('full')} |" in md
 
 
 def test_a_partial_sweep_shows_dashes_and_no_best(tmp_path):
     script = load_script("vtab_lite")
     sweep = [
-        {"task": "eurosat", "method": "full", "default_blr": 4e-4,
+        {"task": "eurosat", "method": "full", "base_blr": 4e-4,
          "val200_top1": {"0.00012": 70.0, "0.0004": 75.0}},
-        {"task": "dsprites_loc", "method": "full", "default_blr": 4e-4,
+        {"task": "dsprites_loc", "method": "full", "base_blr": 4e-4,
          "val200_top1": {"0.00012": 10.0}},
     ]  # fmt: skip
     result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "2"},
               "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "sweep": sweep,
               "sweep_runs": 3, "sweep_planned": 36}  # fmt: skip
     md = script.render(result, tmp_path)
-    assert "| full | 0.0004 | 70.0 / 10.0 | 75.0 / – | – / – |  |" in md
+    assert f"| full | 0.0004 | 70.0 / 10.0 | 75.0 / – | – / – |  | {script_default('full')} |" in md
     assert "Partial: 3 of the sweep's 36 runs" in md
 
 
 def test_a_tie_in_the_sweep_keeps_the_default(tmp_path):
     script = load_script("vtab_lite")
-    sweep = [{"task": t, "method": "full", "default_blr": 4e-4,
+    sweep = [{"task": t, "method": "full", "base_blr": 4e-4,
               "val200_top1": {"0.00012": a, "0.0004": b, "0.0012": 1.0}}
              for t, a, b in (("eurosat", 88.0, 89.0), ("dsprites_loc", 66.0, 65.0))]  # fmt: skip
     lines = script._defaults_section(sweep, [0.3, 1.0, 3.0])
-    assert lines[-1].endswith("| x1 |")
+    assert lines[-1].endswith(f"| x1 | {script_default('full')} |")
+
+
+def test_a_method_outside_the_extended_grid_has_blank_cells_and_a_best(tmp_path):
+    script = load_script("vtab_lite")
+    sweep = [{"task": t, "method": m, "base_blr": 4e-3, "grid": g,
+              "val200_top1": {"0.0012": 10.0, "0.004": 20.0, "0.012": 30.0, "0.036": 25.0}}
+             for t in ("eurosat", "dsprites_loc")
+             for m, g in (("lora-8", [0.3, 1.0, 3.0, 9.0]), ("full", [0.3, 1.0, 3.0]))]  # fmt: skip
+    lines = script._defaults_section(sweep, [0.3, 1.0, 3.0, 9.0])
+    assert "| 30.0 / 30.0 | 25.0 / 25.0 | x3 |" in lines[-2]
+    assert "| 30.0 / 30.0 |  | x3 |" in lines[-1]
+
+
+def test_the_sweep_extends_only_methods_whose_best_was_x3():
+    script = load_script("vtab_lite")
+    assert all(script.SWEEP_GRID[m][:3] == (0.3, 1.0, 3.0) for m in script.SWEEP_METHODS)
+    assert {m for m, g in script.SWEEP_GRID.items() if 9.0 in g} == set(script.SWEEP_EXTENDED)

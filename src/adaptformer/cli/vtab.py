@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         type=float,
         default=[0.3, 1.0, 3.0],
-        help="multipliers of each method's default base lr tried on val200 (default: 0.3 1 3)",
+        help="multipliers of each method's default base lr (or of --blr) tried on val200 "
+        "(default: 0.3 1 3)",
     )
     p.add_argument(
         "--tune-only",
