@@ -4,7 +4,7 @@ Backbone: the shared real DINOv2 ViT-S/14 (``../shared/assets``). Data: the shar
 Fashion-MNIST and Imagenette; a seeded few-shot training subset per class (validation carved
 from it), and the FULL official test split for every reported number (CIFAR-10 10,000,
 Fashion-MNIST 10,000, Imagenette 1,300 val images). Every run goes through
-``adaptformer.runner.fit(TrainConfig(...))``, so model selection uses the validation split only
+``adaptformer.training.runner.fit(TrainConfig(...))``, so model selection uses the validation split only
 and the test split is scored once, at the end.
 
 Grid (defaults; the Markdown states what was actually run):
@@ -304,7 +304,7 @@ def _idx(path: Path) -> np.ndarray:
 
 def train_config(run: Run, s: Settings, data: dict[str, tuple[str, str]], checkpoint: str,
                  work: Path) -> Any:  # fmt: skip
-    from adaptformer.train_config import TrainConfig
+    from adaptformer.training.config import TrainConfig
 
     dataset, root = data[run.dataset]
     fields = {k: list(v) if isinstance(v, tuple) else v for k, v in run.overrides}
@@ -335,7 +335,7 @@ def train_config(run: Run, s: Settings, data: dict[str, tuple[str, str]], checkp
 
 def execute(run: Run, cfg: Any) -> dict[str, Any] | None:
     """Run (or resume) one fit; the summary, or None if it was already done."""
-    from adaptformer.runner import CHECKPOINT, fit
+    from adaptformer.training.runner import CHECKPOINT, fit
 
     out = Path(cfg.output)
     if (out / "summary.json").is_file():
@@ -381,8 +381,7 @@ def choose_lrs(s: Settings, work: Path) -> dict[tuple[str, str], float]:
 def estimate_minutes(s: Settings, runs: list[Run], checkpoint: str) -> tuple[float, dict]:
     """Time of the grid from a quick probe of train and eval throughput on this machine."""
     import torch
-
-    from adaptformer.bench import BenchConfig, build_model, make_infer_step, make_train_step
+    from toolkit import BenchConfig, build_model, make_infer_step, make_train_step
 
     probe: dict[tuple[str, int], float] = {}
     eval_speed: dict[int, float] = {}
@@ -678,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose_lrs(s, work)
     runs = plan_runs(s, chosen)
     records = collect(s, work, runs)
-    from adaptformer.bench import machine_info
+    from toolkit import machine_info
 
     meta = {
         "command": "python benchmarks/accuracy.py " + " ".join(map(shlex.quote, sys.argv[1:])),

@@ -1,9 +1,9 @@
 """Speed and memory of AdaptFormer vs full fine-tuning vs LoRA (ours and PEFT), side by side.
 
-Sections (all use :mod:`adaptformer.bench`; every method of a section is timed round-robin in
+Sections (all use ``benchmarks/toolkit.py``; every method of a section is timed round-robin in
 one process, memory is measured in a fresh process per method):
 
-- ``main``: the default methods of ``adaptformer bench`` on one backbone, batch and precision,
+- ``main``: the default methods of ``benchmarks/bench.py`` on one backbone, batch and precision,
   with the issue's targets checked;
 - ``overhead``: the adapters' inference overhead over the bare backbone, measured in pairs on
   one model (adapters on / off), which resolves the few percent that separate timings cannot;
@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 from _docs import update_docs  # benchmarks/ is on sys.path when a script runs
-
-from adaptformer.bench import (
+from bench import DEFAULT_METHODS
+from toolkit import (
     BenchCase,
     BenchConfig,
     build_model,
@@ -54,7 +54,6 @@ from adaptformer.bench import (
     profile_train_step,
     run_cases,
 )
-from adaptformer.cli.bench import DEFAULT_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("main", "overhead", "options", "batch", "image", "video", "profile")

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 import adaptformer as af
-from adaptformer.methods import backbone_parameters
+from adaptformer.adapters.trainable import backbone_parameters
 
 _log = logging.getLogger("benchmarks.storage")
 ROOT = Path(__file__).resolve().parents[1]

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(data_command(args), check=True, cwd=ROOT)
     start = time.time()
     rows = {label: run(label, args) for label in args.methods}
-    from adaptformer.bench import machine_info
+    from toolkit import machine_info
 
     meta = {
         "command": "python benchmarks/video_methods.py "

@@ -41,16 +41,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from adaptformer import AdapterConfig, inject, mark_trainable
-from adaptformer.video import (
-    VideoVisionTransformer,
-    build_video_datasets,
-    collate_videos,
-    evaluate_multiview,
-    read_video_list,
-    video_model_from_image,
-)
-from adaptformer.video.io import read_frames
-from adaptformer.video.motion import MotionConfig, make_motion_dataset
+from adaptformer.backbones.video import VideoVisionTransformer
+from adaptformer.backbones.video_weights import video_model_from_image
+from adaptformer.data.video.datasets import build_video_datasets, collate_videos, read_video_list
+from adaptformer.data.video.io import read_frames
+from adaptformer.data.video.motion import MotionConfig, make_motion_dataset
+from adaptformer.training.video_eval import evaluate_multiview
 
 _log = logging.getLogger("video_motion")
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

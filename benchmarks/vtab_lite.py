@@ -105,8 +105,8 @@ def vtab_command(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds,
 def collect(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid,
             tune_only: bool = False, **over: Any) -> list[dict[str, Any]]:  # fmt: skip
     """The result rows of finished runs (the protocol again, with nothing left to train)."""
-    from adaptformer.train_config import TrainConfig
-    from adaptformer.vtab import Protocol, run_protocol
+    from adaptformer.training.config import TrainConfig
+    from adaptformer.training.vtab import Protocol, run_protocol
 
     base = {**COMMON, **over, "checkpoint": str(checkpoint)}
     p = Protocol(Path(data), tuple(tasks), tuple(methods), tuple(seeds), tuple(grid), out, base,
@@ -124,7 +124,7 @@ def _kind(spec: str) -> str:
 
 def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
     """The sweep's finished tuning runs, read from their folders (for a report while it runs)."""
-    from adaptformer.vtab import GROUPS, Protocol
+    from adaptformer.training.vtab import GROUPS, Protocol
 
     rows = []
     for spec in SWEEP_METHODS:
@@ -173,7 +173,7 @@ def step_times(checkpoint: Path, data: Path, steps: int = 6) -> list[dict[str, A
     import torch
 
     import adaptformer as af
-    from adaptformer.engine import autocast
+    from adaptformer.training.engine import autocast
 
     lines = (data / CONVERGENCE_TASK / "train800.txt").read_text().splitlines()[:32]
     from PIL import Image
@@ -280,7 +280,7 @@ PUBLISHED = {"linear": 52.9, "full": 65.6, "vpt": 69.4, "lora": 72.3, "adaptform
 
 def render(result: dict[str, Any], images: Path) -> str:
     """The docs section from whichever sections have finished: table, defaults, checks."""
-    from adaptformer.vtab import format_table, summarize
+    from adaptformer.training.vtab import format_table, summarize
 
     m, c = result["machine"], result["common"]
     rows = result.get("rows", [])
@@ -344,7 +344,7 @@ def _defaults_section(rows, grid) -> list[str]:
     given once every cell of the row has run; the last column is the default the code uses now,
     so a reader can check that it is the base times the best multiple.
     """
-    from adaptformer.train_config import DEFAULT_BLR
+    from adaptformer.training.config import DEFAULT_BLR
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     out = ["**Default learning rates.** The protocol's tuning phase (train800 -> val200, seed 0): "

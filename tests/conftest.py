@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from adaptformer.data.video.motion import MotionConfig, make_motion_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ADAPTFORMER_SHARED", REPO.parent / "shared")).resolve()
 BACKBONE = SHARED / "assets" / "vit_small_patch14_dinov2.imgfocus.safetensors"
@@ -53,3 +55,31 @@ def imagenette_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(tar) as tf:
         tf.extractall(dest, filter="data")
     return dest / "imagenette"
+
+
+# --- video: the shared real clips and a small generated motion data set
+
+# Frame counts of the shared clips, measured by decoding every frame (../shared/data/videos).
+CLIP_FRAMES = {"demo.mp4": 280, "test.avi": 164, "test.mp4": 300}
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> Path:
+    """The three real clips copied from MMAction2."""
+    return _need(SHARED / "data" / "videos")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED / "data" / "FashionMNIST")
+
+
+MOTION = MotionConfig(num_train=400, num_val=40, num_test=200, seed=3)
+
+
+@pytest.fixture(scope="session")
+def motion_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A small motion-direction data set (mp4), generated once per session."""
+    out = tmp_path_factory.mktemp("motion")
+    make_motion_dataset(out, MOTION, shared_data.parent)
+    return out

@@ -5,11 +5,10 @@ AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
 https://github.com/ShoufaChen/AdaptFormer).
 """
 
-from .assets.registry import list_models, resolve_checkpoint
-from .checkpoints import create_backbone, load_backbone_weights, read_state_dict
-from .config import METHODS, AdapterConfig
-from .inject import delete_adapter, disable_adapters, get_head, inject, set_adapter
-from .methods import (
+from .adapters.config import METHODS, AdapterConfig
+from .adapters.files import load_adapter, read_adapter_config, save_adapter
+from .adapters.inject import delete_adapter, disable_adapters, get_head, inject, set_adapter
+from .adapters.trainable import (
     ParamCount,
     adapter_parameters,
     backbone_parameters,
@@ -17,9 +16,10 @@ from .methods import (
     mark_trainable,
     trainable_parameters,
 )
-from .multitask import MultiTaskModel, MultiTaskOutput, forward_tasks
-from .state import load_adapter, read_adapter_config, save_adapter
-from .tasks import TaskRegistry
+from .backbones.create import create_backbone, load_backbone_weights, read_state_dict
+from .backbones.registry import list_models, resolve_checkpoint
+from .serving.multitask import MultiTaskModel, MultiTaskOutput, forward_tasks
+from .serving.store import TaskRegistry
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from types import ModuleType
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# The scripts import their shared modules (``toolkit``, ``_docs``) by plain name, as when a
+# script runs; tests import them the same way, so each exists once in ``sys.modules``.
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 
 def load_script(name: str) -> ModuleType:

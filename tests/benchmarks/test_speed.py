@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from adaptformer.bench import BenchConfig
+from toolkit import BenchConfig
 
 from .conftest import load_script
 

@@ -10,7 +10,7 @@ from .conftest import load_script
 
 
 def script_default(kind: str) -> str:
-    from adaptformer.train_config import DEFAULT_BLR
+    from adaptformer.training.config import DEFAULT_BLR
 
     return f"{DEFAULT_BLR['adamw'][kind]:g}"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adaptformer.assets import MODELS
-from adaptformer.assets.wheels import sha256_file
+from adaptformer.backbones import MODELS
+from adaptformer.backbones.wheels import sha256_file
 from adaptformer.cli import main
-from tests.assets import fixtures
+from tests.backbones import fixtures
 
 
 def test_models_table(

@@ -181,10 +181,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(setup, monkeypatch):
     import torch
 
     from adaptformer import runner
+    from adaptformer.adapters.inject import unwrap
     from adaptformer.cli import build_parser
     from adaptformer.cli.train import config_from_args
-    from adaptformer.engine import NonFiniteLossError
-    from adaptformer.inject import unwrap
+    from adaptformer.training.engine import NonFiniteLossError
 
     data, ckpt, root = setup
     out = root / "nan"
@@ -272,7 +272,7 @@ def _cli(capsys, *argv):
 
 
 def test_a_second_training_into_a_locked_folder_is_refused(setup, tmp_path, capsys):
-    from adaptformer.runner import lock_run_folder
+    from adaptformer.training.runner import lock_run_folder
 
     data, ckpt, _ = setup
     out = tmp_path / "run"

@@ -261,12 +261,12 @@ def test_mnist5k_from_data_root(tmp_path: Path) -> None:
 
 
 def test_mnist5k_fetched_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaptformer import assets
+    from adaptformer.backbones import registry
 
     make_mnist5k(tmp_path, per_class=5)
     asked = []
     monkeypatch.setattr(
-        assets, "fetch", lambda name: asked.append(name) or tmp_path / "mnist_5k.csv.gz"
+        registry, "fetch", lambda name: asked.append(name) or tmp_path / "mnist_5k.csv.gz"
     )
     splits = _build("mnist5k", None)
     assert asked == ["mnist5k"] and len(splits.test) == 10

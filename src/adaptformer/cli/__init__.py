@@ -23,7 +23,6 @@ SUBCOMMANDS: tuple[str, ...] = (
     "models",
     "convert_onnx",
     "make_motion_data",
-    "bench",
 )
 
 
@@ -48,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from ..data.safe import UnreadableImageError
-    from ..engine import NonFiniteLossError
-    from ..errors import UserFacingError
+    from ..training.engine import NonFiniteLossError
+    from ..utils.errors import UserFacingError
 
     try:
         return int(args.func(args) or 0)

@@ -62,7 +62,7 @@ def _find_images(root: Path, limit: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..assets.onnx_dinov2 import convert_onnx_dinov2, load_images, verify_against_onnxruntime
+    from ..backbones.onnx_dinov2 import convert_onnx_dinov2, load_images, verify_against_onnxruntime
 
     if args.num_images < 1:
         raise ValueError("--num-images must be at least 1")

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..train_config import DEFAULT_MODEL, TrainConfig
+from ..training.config import DEFAULT_MODEL, TrainConfig
 
 # The defaults of `adaptformer train` (AdamW, each method's default learning rate, warm-up over
 # the first tenth of the run), on small un-augmented digits.
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import fit
+    from ..training.runner import fit
 
     out = Path(args.output or f"runs/demo-{datetime.now():%Y%m%d-%H%M%S}")
     rows = []

@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..runner import build_task_data, evaluate_split, load_run, resolve_device
+    from ..training.runner import build_task_data, evaluate_split, load_run, resolve_device
+    from ..utils import distributed
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)

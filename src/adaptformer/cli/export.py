@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model
-    from ..runner import TASK, load_run
-    from ..tasks import TaskRegistry
+    from ..serving.export import export_model
+    from ..serving.store import TaskRegistry
+    from ..training.runner import TASK, load_run
 
     if args.run and args.registry:
         raise ValueError("--registry goes with --tasks; --run exports that run's own task")

@@ -1,6 +1,6 @@
 """``adaptformer make-motion-data``: write the motion-direction video benchmark.
 
-See :mod:`adaptformer.video.motion` for what the clips show and why a model that ignores frame
+See :mod:`adaptformer.data.video.motion` for what the clips show and why a model that ignores frame
 order scores at chance on them.
 """
 
@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from ..video.motion import FORMATS, SOURCES, MotionConfig, make_motion_dataset
+from ..data.video.motion import FORMATS, SOURCES, MotionConfig, make_motion_dataset
 
 _log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from ..assets import cache_dir, is_cached, list_models
+from ..backbones import cache_dir, is_cached, list_models
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -2,7 +2,7 @@
 
 ``--run DIR`` answers that run's task. ``--tasks a,b,c`` answers every listed registry task for
 each image: the backbone is loaded once and each batch of files takes one backbone pass
-(:func:`adaptformer.multitask.forward_all_tasks`).
+(:func:`adaptformer.serving.multitask.forward_all_tasks`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _run_one(args: argparse.Namespace) -> int:
 
     from ..data import build_eval_transform
     from ..data.safe import load_image
-    from ..runner import load_run, resolve_device
+    from ..training.runner import load_run, resolve_device
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)
@@ -85,9 +85,9 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
     from ..data import build_eval_transform
     from ..data.safe import load_image
-    from ..multitask import forward_all_tasks
-    from ..runner import resolve_device
-    from ..tasks import TaskRegistry
+    from ..serving.multitask import forward_all_tasks
+    from ..serving.store import TaskRegistry
+    from ..training.runner import resolve_device
 
     names = list(dict.fromkeys(t for t in args.tasks.split(",") if t))
     if not names:

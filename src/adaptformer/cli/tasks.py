@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks import TaskRegistry
+    from ..serving.store import TaskRegistry
 
     reg = TaskRegistry(args.registry)
     if args.action == "add":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..train_config import TrainConfig, read_yaml
+from ..training.config import TrainConfig, read_yaml
 from .options import add_dataclass_flags, given
 
 
@@ -33,7 +33,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import fit
+    from ..training.runner import fit
 
     summary = fit(config_from_args(args), resume=args.resume)
     if summary:

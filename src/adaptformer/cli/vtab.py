@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ..train_config import TrainConfig, read_yaml
+from ..training.config import TrainConfig, read_yaml
 from .options import add_dataclass_flags, given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..vtab import PROTOCOL_FIELDS
+    from ..training.vtab import PROTOCOL_FIELDS
 
     p = sub.add_parser(
         "vtab",
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..vtab import PROTOCOL_FIELDS, Protocol, format_table, run_protocol
+    from ..training.vtab import PROTOCOL_FIELDS, Protocol, format_table, run_protocol
 
     root = Path(args.root)
     if not root.is_dir():

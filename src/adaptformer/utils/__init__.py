@@ -1,0 +1,1 @@
+"""Infrastructure shared by every layer: safe file I/O, distributed helpers, user-facing errors."""

@@ -1,0 +1,76 @@
+"""adaptformer.training.config: schedules that fit any run, and per-method default learning rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptformer.training.config import DEFAULT_BLR, WARMUP_FRACTION, TrainConfig, read_yaml
+from adaptformer.training.engine import Schedule
+from adaptformer.training.runner import describe_schedule
+
+
+def _per_step_lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    s = Schedule(cfg.peak_lr(32), cfg.min_lr, cfg.resolved_warmup_epochs, cfg.epochs)
+    return [s(e + i / steps_per_epoch) for e in range(cfg.epochs) for i in range(steps_per_epoch)]
+
+
+@pytest.mark.parametrize("epochs", [3, 10, 100])
+def test_default_warmup_is_a_tenth_of_any_run_and_the_peak_is_reached(epochs):
+    cfg = TrainConfig(epochs=epochs, method="adaptformer")
+    assert cfg.resolved_warmup_epochs == pytest.approx(WARMUP_FRACTION * epochs)
+    lrs = _per_step_lrs(cfg, steps_per_epoch=25)
+    peak = cfg.peak_lr(32)
+    assert max(lrs) == pytest.approx(peak, rel=0.05)
+    # the peak comes within the first tenth of the steps, and the cosine ends near min_lr
+    assert lrs.index(max(lrs)) <= 0.1 * len(lrs) + 1
+    assert lrs[-1] < 0.01 * peak
+
+
+@pytest.mark.parametrize("epochs", [3, 10, 100])
+def test_explicit_lr_and_adamw_reach_their_peak(epochs):
+    cfg = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3)
+    assert max(_per_step_lrs(cfg, 10)) == pytest.approx(1e-3, rel=0.1)
+
+
+@pytest.mark.parametrize("warmup", [3, 3.0, 5])
+def test_warmup_of_the_whole_run_is_refused_with_the_fix(warmup):
+    with pytest.raises(ValueError, match=r"--warmup-epochs .* is not shorter than the run .* 0\.3"):
+        TrainConfig(epochs=3, warmup_epochs=warmup)
+
+
+def test_paper_recipe_keeps_its_exact_settings_and_refuses_a_shorter_run():
+    values = read_yaml("paper_image")
+    cfg = TrainConfig.from_dict(values)
+    assert (cfg.optimizer, cfg.resolved_blr, cfg.resolved_warmup_epochs, cfg.epochs) == (
+        "sgd", 0.1, 20.0, 100)  # fmt: skip
+    assert cfg.peak_lr(1024) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="--warmup-epochs 20 is not shorter"):
+        TrainConfig.from_dict({**values, "epochs": 10})
+
+
+@pytest.mark.parametrize("method", sorted(DEFAULT_BLR["adamw"]))
+def test_every_method_has_a_default_lr_per_optimizer_scaled_with_the_batch(method):
+    cfg = TrainConfig(method=method)
+    assert cfg.optimizer == "adamw" and cfg.blr is None
+    assert cfg.peak_lr(512) == pytest.approx(2 * cfg.peak_lr(256))
+    assert cfg.peak_lr(256) == DEFAULT_BLR["adamw"][method]
+    assert TrainConfig(method=method, optimizer="sgd").resolved_blr == DEFAULT_BLR["sgd"][method]
+    assert TrainConfig(method=method, blr=0.5).peak_lr(256) == 0.5  # --blr overrides
+    assert TrainConfig(method=method, lr=0.25, blr=0.5).peak_lr(256) == 0.25  # --lr wins
+
+
+def test_full_fine_tuning_gets_a_smaller_default_than_adapters():
+    for opt in DEFAULT_BLR.values():
+        assert opt["full"] < opt["adaptformer"]
+
+
+def test_schedule_line_names_steps_warmup_peak_and_final_lr():
+    cfg = TrainConfig(epochs=3, optimizer="adamw", lr=1e-3)
+    s = Schedule(1e-3, 0.0, cfg.resolved_warmup_epochs, 3)
+    line = describe_schedule(cfg, s, 32, 31)
+    assert "93 optimizer steps (31 per epoch x 3 epochs)" in line
+    assert "warm-up over 9 steps (0.3 epochs) to peak lr 0.001 (--lr)" in line
+    assert "final lr 0" in line
+    default = TrainConfig(epochs=3, method="full")
+    line = describe_schedule(default, Schedule(default.peak_lr(32), 0, 0.3, 3), 32, 31)
+    assert f"blr {DEFAULT_BLR['adamw']['full']:g} (default) x total batch 32 / 256" in line

@@ -1,0 +1,108 @@
+"""Untrusted safetensors files are checked before anything is allocated; writes survive a full
+disk with the old file kept."""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from adaptformer.utils.errors import UserFacingError
+from adaptformer.utils.files import (
+    atomic_path,
+    atomic_write_text,
+    read_safetensors,
+    safetensors_header,
+)
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.ones(3, 4), "b": torch.zeros(2, dtype=torch.int64)}, str(path))
+    return path
+
+
+def _with_header(path, header: dict, data: bytes) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_header_describes_a_good_file(good):
+    header = safetensors_header(good)
+    assert header["a"].shape == (3, 4) and header["a"].dtype == "F32"
+    assert header["b"].dtype == "I64"
+    assert torch.equal(read_safetensors(good)["a"], torch.ones(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b"", "too short for a header"),
+        (lambda b: b[:5], "too short for a header"),
+        (lambda b: b[:40], "header claims"),
+        (lambda b: b[:-4], "does not fit bytes"),
+        (lambda b: b"\x00" * 200, "not JSON"),
+        (lambda b: struct.pack("<Q", 10**15) + b[8:], "header claims"),
+        (lambda b: b"garbage!" * 50, "header claims"),
+    ],
+)
+def test_damaged_files_are_one_line_value_errors(good, damage, message):
+    good.write_bytes(damage(good.read_bytes()))
+    with pytest.raises(ValueError, match=message) as err:
+        read_safetensors(good)
+    assert "\n" not in str(err.value) and str(good) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 16]}, "does not fit"),
+        ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 10**12]}, "does not fit"),
+        ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "not a list of sizes"),
+        ({"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}, "not a list of sizes"),
+        ({"dtype": "OBJ", "shape": [4], "data_offsets": [0, 16]}, "unknown dtype"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [16]}, "data_offsets"),
+        ([1, 2, 3], "not a mapping"),
+    ],
+)
+def test_sizes_in_the_header_must_be_backed_by_bytes(tmp_path, entry, message):
+    """A header may claim any shape; it is refused unless the file holds its bytes."""
+    path = tmp_path / "big.safetensors"
+    _with_header(path, {"x": entry}, b"\x00" * 16)
+    with pytest.raises(ValueError, match=message):
+        safetensors_header(path)
+
+
+def test_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        safetensors_header(tmp_path / "none.safetensors")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("file write failed: os error 28"),
+    ],
+)
+def test_a_full_disk_says_so_and_keeps_the_old_file(tmp_path, error):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    full = "no space left on device .*previous version is kept"
+    with pytest.raises(UserFacingError, match=full), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise error
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_other_write_errors_pass_through(tmp_path):
+    with pytest.raises(PermissionError), atomic_path(tmp_path / "f.txt"):
+        raise PermissionError("no")
+    atomic_write_text(tmp_path / "f.txt", "new")
+    assert (tmp_path / "f.txt").read_text() == "new"
