@@ -335,7 +335,8 @@ def train_config(run: Run, s: Settings, data: dict[str, tuple[str, str]], checkp
 
 def execute(run: Run, cfg: Any) -> dict[str, Any] | None:
     """Run (or resume) one fit; the summary, or None if it was already done."""
-    from adaptformer.training.runner import CHECKPOINT, fit
+    from adaptformer.training.run_folder import CHECKPOINT
+    from adaptformer.training.runner import fit
 
     out = Path(cfg.output)
     if (out / "summary.json").is_file():

@@ -272,7 +272,7 @@ def _cli(capsys, *argv):
 
 
 def test_a_second_training_into_a_locked_folder_is_refused(setup, tmp_path, capsys):
-    from adaptformer.training.runner import lock_run_folder
+    from adaptformer.training.run_folder import lock_run_folder
 
     data, ckpt, _ = setup
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import adaptformer as af
-from adaptformer.training.runner import backbone_fingerprint
+from adaptformer.adapters.trainable import backbone_fingerprint
 
 from ..helpers import tiny_vit
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adaptformer.adapters.config import parse_method_spec
 from adaptformer.training.config import DEFAULT_BLR
 from adaptformer.training.vtab import (
     Protocol,
     format_table,
-    method_options,
     run_protocol,
     summarize,
 )
@@ -56,13 +56,13 @@ def make_vtab_task(root: Path, name: str, n_train: int = 16, n_val: int = 8, n_t
     ],
 )
 def test_method_specs(spec, expected):
-    assert method_options(spec) == expected
+    assert parse_method_spec(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["full-3", "adaptformer-0", "prefix", "AdaptFormer"])
 def test_bad_method_specs_are_refused(spec):
     with pytest.raises(ValueError, match="method"):
-        method_options(spec)
+        parse_method_spec(spec)
 
 
 class FakeFit:

@@ -12,14 +12,59 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 Method = Literal["adaptformer", "linear", "full", "vpt", "lora", "bitfit"]
-METHODS: tuple[str, ...] = ("adaptformer", "linear", "full", "vpt", "lora", "bitfit")
-# Methods that add per-task modules to the backbone (the others only change what trains).
-INJECTING_METHODS: tuple[str, ...] = ("adaptformer", "vpt", "lora")
+
+
+@dataclass(frozen=True)
+class MethodRule:
+    """What a method does to a backbone. Every method-specific decision outside the layers that
+    build it (what trains, what a task file holds, what may share a batch, what a spec such as
+    ``adaptformer-64`` means) reads this table, so a method is described in one place."""
+
+    adds_modules: bool  # per-task modules inside the backbone (AdaptMLP, prompts, LoRA)
+    trains_backbone: Literal["all", "biases"] | None  # shared backbone weights it changes
+    size_field: str | None  # the field a size suffix sets: ``adaptformer-64``, ``vpt-10``
+
+
+METHOD_RULES: dict[str, MethodRule] = {
+    "adaptformer": MethodRule(adds_modules=True, trains_backbone=None, size_field="bottleneck"),
+    "linear": MethodRule(adds_modules=False, trains_backbone=None, size_field=None),
+    "full": MethodRule(adds_modules=False, trains_backbone="all", size_field=None),
+    "vpt": MethodRule(adds_modules=True, trains_backbone=None, size_field="prompt_tokens"),
+    "lora": MethodRule(adds_modules=True, trains_backbone=None, size_field="bottleneck"),
+    "bitfit": MethodRule(adds_modules=False, trains_backbone="biases", size_field=None),
+}
+METHODS: tuple[str, ...] = tuple(METHOD_RULES)
+
+
+def method_rule(method: str) -> MethodRule:
+    if method not in METHOD_RULES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHOD_RULES[method]
+
+
+def parse_method_spec(spec: str) -> dict[str, Any]:
+    """``adaptformer-64`` -> ``{"method": "adaptformer", "bottleneck": 64}``; ``vpt-10`` -> ten
+    prompt tokens; ``full`` -> ``{"method": "full"}``."""
+    m = re.fullmatch(r"([a-z]+)(?:-(\d+))?", spec)
+    if not m or m.group(1) not in METHOD_RULES:
+        raise ValueError(
+            f"method {spec!r}: use one of {', '.join(METHODS)}, with a size for "
+            "adaptformer-R, lora-R (bottleneck/rank R) and vpt-N (N prompt tokens)"
+        )
+    method, size = m.group(1), m.group(2)
+    if size is None:
+        return {"method": method}
+    field_name = METHOD_RULES[method].size_field
+    if field_name is None or int(size) < 1:
+        sized = [k for k, r in METHOD_RULES.items() if r.size_field]
+        raise ValueError(f"method {spec!r}: only {', '.join(sized)} take a positive size")
+    return {"method": method, field_name: int(size)}
 
 
 def _help(text: str) -> dict[str, str]:

@@ -26,9 +26,10 @@ from ..utils.files import (
     read_safetensors,
     safetensors_header,
 )
+from ..utils.state_dicts import clip, key_shape_problems
 from .config import AdapterConfig, is_finite_number
 from .inject import (
-    AdaptedBlock,
+    adapter_pieces,
     adapter_state,
     delete_adapter,
     get_head,
@@ -36,8 +37,7 @@ from .inject import (
     set_adapter,
     unwrap,
 )
-from .layers import LoRALinear
-from .trainable import backbone_parameters, fresh_parameters
+from .trainable import fresh_parameters, shared_backbone_parameters
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -60,29 +60,16 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     model = unwrap(model)
     config = adapter_state(model).configs[name]
     out: dict[str, torch.Tensor] = {}
-    for path, m in model.named_modules():
-        if isinstance(m, AdaptedBlock):
-            if name in m.adaptmlp:
-                for k, t in m.adaptmlp[name].state_dict().items():
-                    out[f"{path}.adaptmlp.{k}"] = t
-            if name in m.prompts:
-                out[f"{path}.prompts"] = m.prompts[name]
-        elif isinstance(m, LoRALinear) and name in m.lora_A:
-            out[f"{path}.lora_A.weight"] = m.lora_A[name].weight
-            out[f"{path}.lora_B.weight"] = m.lora_B[name].weight
+    for path, piece in adapter_pieces(model, name):
+        if isinstance(piece, nn.Parameter):
+            out[path] = piece
+        else:
+            out.update({f"{path}.{k}": t for k, t in piece.state_dict().items()})
     for k, t in get_head(model, name).state_dict().items():
         out[f"head.{k}"] = t
     out.update({f"backbone.{k}": p for k, p in fresh_parameters(model).items()})
-    if config.method == "full":
-        out.update({f"backbone.{k}": p for k, p in backbone_parameters(model).items()})
-    elif config.method == "bitfit":
-        out.update(
-            {
-                f"backbone.{k}": p
-                for k, p in backbone_parameters(model).items()
-                if k.endswith("bias")
-            }
-        )
+    shared = shared_backbone_parameters(model, config.method)
+    out.update({f"backbone.{k}": p for k, p in shared.items()})
     return {k: t.detach() for k, t in out.items()}
 
 
@@ -303,30 +290,18 @@ def _mismatches(
 ) -> list[str]:
     """Human-readable key and shape differences between a file and a model (first ``limit``)."""
 
-    def clip(items: list[str]) -> str:
-        more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-        return ", ".join(items[:limit]) + more
-
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    common = set(tensors) & set(expected)
-    wrong = sorted(
-        f"{k} (file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)})"
-        for k in common
-        if tensors[k].shape != expected[k].shape
+    out = key_shape_problems(
+        tensors,
+        expected,
+        labels=("missing from file", "not in model", "shape mismatch"),
+        sides=("file", "model"),
+        shown=limit,
     )
     kind = sorted(
         f"{k} (file {tensors[k].dtype} vs model {expected[k].dtype})"
-        for k in common
+        for k in set(tensors) & set(expected)
         if tensors[k].is_floating_point() != expected[k].is_floating_point()
     )
-    out = []
-    if missing:
-        out.append(f"missing from file: {clip(missing)}")
-    if unexpected:
-        out.append(f"not in model: {clip(unexpected)}")
-    if wrong:
-        out.append(f"shape mismatch: {clip(wrong)}")
     if kind:
-        out.append(f"wrong kind of number: {clip(kind)}")
+        out.append(f"wrong kind of number: {clip(kind, limit)}")
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,37 @@ class AdaptedBlock(nn.Module):
         n = self.num_prefix_tokens
         return torch.cat([x[:, :n], x[:, n + count :]], dim=1)
 
+    def residual(
+        self,
+        x: torch.Tensor,
+        delta: Callable[[str, torch.Tensor], torch.Tensor | None],
+        attn_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """timm's two pre-norm residual steps plus the adapter outputs ``delta`` returns.
+
+        The one place the AdaptFormer rule is written, for a single task and for mixed-task
+        batches alike: ``delta("parallel", x)`` reads the stream after attention, before
+        ``norm2`` (the reference code; the paper's figure is wrong), ``delta("sequential", mlp)``
+        reads the MLP output; both are added outside drop-path and layer-scale.
+        """
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attn_kwargs)))
+        mlp = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        out = x + mlp
+        for position, src in (("parallel", x), ("sequential", mlp)):
+            d = delta(position, src)
+            if d is not None:
+                out = out + d
+        return out
+
+    def remove(self, name: str) -> None:
+        """Forget task ``name``'s AdaptMLP and prompts (nothing happens if it has none here)."""
+        if name in self.adaptmlp:
+            del self.adaptmlp[name]
+        if name in self.prompts:
+            del self.prompts[name]
+        self.keep_prompts.discard(name)
+        self.drop_prompts_after.pop(name, None)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -86,15 +117,12 @@ class AdaptedBlock(nn.Module):
             kwargs["attn_mask"] = attn_mask
         if is_causal:
             kwargs["is_causal"] = True
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **kwargs)))
-        mlp = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         adapter = self.adaptmlp[name] if name is not None and name in self.adaptmlp else None
-        if adapter is None:
-            x = x + mlp
-        elif adapter.position == "parallel":
-            x = x + mlp + adapter(x)  # reads the stream before norm2; outside drop-path/ls
-        else:
-            x = x + (mlp + adapter(mlp))  # sequential ablation: adapter after the MLP
+
+        def delta(position: str, src: torch.Tensor) -> torch.Tensor | None:
+            return adapter(src) if adapter is not None and adapter.position == position else None
+
+        x = self.residual(x, delta, kwargs)
         if prompts is not None and name not in self.keep_prompts:
             x = self._remove(x, prompts.shape[0])
         if name is not None and name in self.drop_prompts_after:
@@ -257,6 +285,25 @@ def _adapted_modules(model: nn.Module) -> Iterator[nn.Module]:
             yield m
 
 
+def adapter_pieces(model: nn.Module, name: str) -> Iterator[tuple[str, nn.Module | nn.Parameter]]:
+    """Every piece adapter ``name`` added to the backbone, with its path minus the task name.
+
+    ``blocks.3.adaptmlp`` (an AdaptMLP), ``blocks.3.prompts`` (a Parameter),
+    ``blocks.3.attn.qkv.lora_A`` and ``.lora_B`` (Linears). This is the one walk over adapted
+    modules: parameter names inside the model are ``<path>.<name>[.<key>]``, the keys of a task
+    file ``<path>[.<key>]``.
+    """
+    for path, m in unwrap(model).named_modules():
+        if isinstance(m, AdaptedBlock):
+            if name in m.adaptmlp:
+                yield f"{path}.adaptmlp", m.adaptmlp[name]
+            if name in m.prompts:
+                yield f"{path}.prompts", m.prompts[name]
+        elif isinstance(m, LoRALinear) and name in m.lora_A:
+            yield f"{path}.lora_A", m.lora_A[name]
+            yield f"{path}.lora_B", m.lora_B[name]
+
+
 def _set_active(model: nn.Module, name: str) -> None:
     for m in _adapted_modules(model):
         m.active_adapter = name
@@ -316,16 +363,8 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     state = adapter_state(model)
     if name not in state.configs:
         raise KeyError(f"no adapter named {name!r}; have {sorted(state.configs)}")
-    for m in model.modules():
-        if isinstance(m, AdaptedBlock):
-            if name in m.adaptmlp:
-                del m.adaptmlp[name]
-            if name in m.prompts:
-                del m.prompts[name]
-            m.keep_prompts.discard(name)
-            m.drop_prompts_after.pop(name, None)
-        elif isinstance(m, LoRALinear) and name in m.lora_A:
-            m.remove(name)
+    for m in _adapted_modules(model):
+        m.remove(name)
     del state.configs[name]
     del state.num_classes[name]
     if state.active == name:

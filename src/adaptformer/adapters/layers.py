@@ -82,8 +82,10 @@ class LoRALinear(nn.Linear):
         self.lora_scaling[name] = alpha / rank
 
     def remove(self, name: str) -> None:
-        del self.lora_A[name], self.lora_B[name]
-        self.lora_scaling.pop(name)
+        """Forget task ``name`` (nothing happens if it has no update here)."""
+        if name in self.lora_A:
+            del self.lora_A[name], self.lora_B[name]
+            self.lora_scaling.pop(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)

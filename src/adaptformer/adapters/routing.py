@@ -107,16 +107,13 @@ class TaskRouting:
         kwargs = {}
         if valid is not None and not full:
             kwargs["attn_mask"] = _key_padding_bias(valid, n, x)
-        x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **kwargs)))
-        mlp = block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        out = x + mlp
         adapters = {t: block.adaptmlp[t] for t in names if t in block.adaptmlp}
-        for position, src in (("parallel", x), ("sequential", mlp)):
+
+        def delta(position: str, src: torch.Tensor) -> torch.Tensor | None:
             fns = {t: a for t, a in adapters.items() if a.position == position}
-            delta = self.apply(fns, src) if fns else None  # parallel reads x before norm2
-            if delta is not None:
-                out = out + delta
-        x = out
+            return self.apply(fns, src) if fns else None  # each row its own task's adapter
+
+        x = block.residual(x, delta, kwargs)
         if temp:
             x = torch.cat([x[:, :n], x[:, n + temp :]], dim=1)
         dropped = {t for t in names if t in block.drop_prompts_after} & self._kept_tasks

@@ -7,32 +7,26 @@ modules it trains, and everything else is frozen.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
 from torch import nn
 
-from .config import METHODS
-from .inject import AdaptedBlock, adapter_state, unwrap
-from .layers import LoRALinear
+from .config import method_rule
+from .inject import adapter_pieces, adapter_state, unwrap
 
 _log = logging.getLogger(__name__)
 
 
 def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
     """The parameters adapter ``name`` added to the backbone (AdaptMLP, prompts, LoRA)."""
-    model = unwrap(model)
     out: dict[str, nn.Parameter] = {}
-    for path, m in model.named_modules():
-        if isinstance(m, AdaptedBlock):
-            if name in m.adaptmlp:
-                for k, p in m.adaptmlp[name].named_parameters():
-                    out[f"{path}.adaptmlp.{name}.{k}"] = p
-            if name in m.prompts:
-                out[f"{path}.prompts.{name}"] = m.prompts[name]
-        elif isinstance(m, LoRALinear) and name in m.lora_A:
-            out[f"{path}.lora_A.{name}.weight"] = m.lora_A[name].weight
-            out[f"{path}.lora_B.{name}.weight"] = m.lora_B[name].weight
+    for path, piece in adapter_pieces(model, name):
+        if isinstance(piece, nn.Parameter):
+            out[f"{path}.{name}"] = piece
+        else:
+            out.update({f"{path}.{name}.{k}": p for k, p in piece.named_parameters()})
     return out
 
 
@@ -106,15 +100,14 @@ def trainable_parameters(
     Only that task's adapter and head: other tasks in the same model stay frozen. ``full`` and
     ``bitfit`` also train (shared) backbone weights, which changes every task.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    rule = method_rule(method)
     model = unwrap(model)
     state = adapter_state(model)
     name = name or state.active
     if name != state.active:
         raise ValueError(f"task {name!r} is not active; call set_adapter(model, {name!r}) first")
     head = list(model.head.parameters()) + list(fresh_parameters(model).values())
-    if method in ("adaptformer", "vpt", "lora"):
+    if rule.adds_modules:
         own = list(adapter_parameters(model, name).values())
         if not own:
             raise ValueError(
@@ -122,14 +115,18 @@ def trainable_parameters(
                 f"(it was injected as {state.configs[name].method!r})"
             )
         return own + head
-    if method == "linear":
-        return head
+    shared = list(shared_backbone_parameters(model, method).values())
+    return shared + [p for p in head if all(p is not b for b in shared)]
+
+
+def shared_backbone_parameters(model: nn.Module, method: str) -> dict[str, nn.Parameter]:
+    """The shared backbone weights ``method`` trains (all for ``full``, the biases for
+    ``bitfit``, none otherwise): a task file of such a method must carry them."""
+    which = method_rule(method).trains_backbone
+    if which is None:
+        return {}
     backbone = backbone_parameters(model)
-    if method == "full":
-        return list(backbone.values()) + list(model.head.parameters())
-    # bitfit: every bias of the backbone
-    biases = [p for k, p in backbone.items() if k.endswith("bias")]
-    return biases + [p for p in head if all(p is not b for b in biases)]
+    return backbone if which == "all" else {k: p for k, p in backbone.items() if k.endswith("bias")}
 
 
 def mark_trainable(model: nn.Module, method: str, name: str | None = None) -> ParamCount:
@@ -140,3 +137,13 @@ def mark_trainable(model: nn.Module, method: str, name: str | None = None) -> Pa
     counts = count_parameters(model)
     _log.info("%s: %s", method, counts)
     return counts
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """sha256 over the backbone's tensors (names, shapes, bytes): which backbone an adapter needs."""
+    h = hashlib.sha256()
+    for name, p in sorted(backbone_parameters(model).items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -20,6 +20,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..utils.files import read_safetensors
+from ..utils.state_dicts import key_shape_problems
 
 _log = logging.getLogger(__name__)
 
@@ -192,23 +193,14 @@ def check_state_dict(
 ) -> None:
     """Raise a ``ValueError`` listing keys of ``own`` missing from ``sd`` (beyond
     ``may_be_missing``), keys of ``sd`` the model lacks, and shape mismatches."""
-    missing = sorted(k for k in own if k not in sd and k not in may_be_missing)
-    unexpected = sorted(k for k in sd if k not in own)
-    wrong = sorted(
-        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape
+    parts = key_shape_problems(
+        sd,
+        own,
+        may_be_missing=may_be_missing,
+        labels=("missing (would stay randomly initialised)", "unexpected", "wrong shape"),
+        sides=("checkpoint", "model"),
+        shown=shown,
     )
-    parts = [
-        f"{label}: {', '.join(items[:shown])}"
-        + (f" ... ({len(items)} in all)" if len(items) > shown else "")
-        for label, items in (
-            ("missing (would stay randomly initialised)", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        )
-        if items
-    ]
     if parts:
         raise ValueError(f"{source} does not match {target}: " + "; ".join(parts))
 
@@ -273,3 +265,36 @@ def create_backbone(
     elif not pretrained:
         _log.warning("%s has random weights: pass checkpoint=PATH or pretrained=True", model_name)
     return model
+
+
+def backbone_source(model: str, checkpoint: str | None) -> tuple[str, str | None, bool]:
+    """(timm architecture, local checkpoint, use timm's hub) for ``--model``/``--checkpoint``.
+
+    A backbone without pretrained weights is refused: adapting random weights is a silent misuse.
+    """
+    import timm
+
+    from .registry import get_model, resolve_checkpoint
+
+    entry = get_model(model)
+    arch = entry.architecture if entry else model
+    if checkpoint:
+        return arch, checkpoint, False
+    if entry is None and model not in timm.list_pretrained():
+        raise ValueError(
+            f"--model {model!r} has no pretrained weights here: pass --checkpoint PATH, a "
+            "registry name (`adaptformer models`) or a timm pretrained tag"
+        )
+    path = resolve_checkpoint(model)
+    return arch, (str(path) if path else None), path is None
+
+
+def pretrained_backbone(
+    model: str, checkpoint: str | None, img_size: int, num_classes: int = 0
+) -> nn.Module:
+    """The image backbone a run or a task registry names: a registry name, a timm tag or an
+    architecture with a local ``checkpoint`` (the one builder training and serving share)."""
+    arch, path, hub = backbone_source(model, checkpoint)
+    return create_backbone(
+        arch, checkpoint=path, img_size=img_size, num_classes=num_classes, pretrained=hub
+    )

@@ -229,24 +229,16 @@ def check_strict_load(
     """
     import timm
 
+    from .create import check_state_dict
+
     grid = math.isqrt(state_dict["pos_embed"].shape[1] - 1)
     model = timm.create_model(architecture, pretrained=False, num_classes=0)
     img_size = grid * model.patch_embed.patch_size[0]
     if img_size != model.patch_embed.img_size[0]:
         model = timm.create_model(architecture, pretrained=False, num_classes=0, img_size=img_size)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if own[k].shape != state_dict[k].shape
+    check_state_dict(
+        model.state_dict(), state_dict, set(), "converted weights", f"timm {architecture}"
     )
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"converted weights do not fit timm {architecture}: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}, wrong shape {wrong[:8]}"
-        )
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 

@@ -18,14 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.runner import build_task_data, evaluate_split, load_run, resolve_device
+    from ..training.modality import evaluate_split, modality_of
+    from ..training.run_folder import load_run
+    from ..training.runner import resolve_device
     from ..utils import distributed
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)
     if args.data_root:
         cfg.data_root = args.data_root
-    data = build_task_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
+    data = modality_of(cfg).build_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
     metrics = evaluate_split(model, data.test, cfg, device, distributed.DistInfo(), "test",
                              batch_size=args.batch_size, workers=args.workers)  # fmt: skip
     (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..serving.export import export_model
     from ..serving.store import TaskRegistry
-    from ..training.runner import TASK, load_run
+    from ..training.run_folder import TASK, load_run
 
     if args.run and args.registry:
         raise ValueError("--registry goes with --tasks; --run exports that run's own task")

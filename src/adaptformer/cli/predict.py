@@ -57,7 +57,8 @@ def _run_one(args: argparse.Namespace) -> int:
 
     from ..data import build_eval_transform
     from ..data.safe import load_image
-    from ..training.runner import load_run, resolve_device
+    from ..training.run_folder import load_run
+    from ..training.runner import resolve_device
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)

@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adapters.config import method_rule
 from ..adapters.inject import adapter_state, get_head, unwrap
 from ..adapters.routing import GroupedRouting, routed
 from ..adapters.trainable import adapter_parameters
-
-_BACKBONE_METHODS = ("full", "bitfit")  # these change the shared backbone's own weights
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def _check(model: nn.Module, x: torch.Tensor, tasks: list[str]) -> None:
     unknown = sorted(set(tasks) - set(state.configs))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; this model has {sorted(state.configs)}")
-    changing = sorted(t for t in set(tasks) if state.configs[t].method in _BACKBONE_METHODS)
+    changing = sorted(t for t in set(tasks) if method_rule(state.configs[t].method).trains_backbone)
     if changing and len(set(tasks)) > 1:
         raise ValueError(
             f"task(s) {changing} were trained with full/bitfit, which changes the shared backbone; "

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.config import method_rule
 from ..adapters.files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -36,7 +37,9 @@ from ..adapters.files import (
     read_adapter_config,
     read_adapter_files,
 )
-from ..utils.files import atomic_write_text, read_json
+from ..adapters.trainable import backbone_fingerprint
+from ..backbones.create import pretrained_backbone
+from ..utils.files import atomic_write_text, read_json, read_yaml_mapping
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +48,6 @@ INDEX = "registry.json"
 FORMAT = "adaptformer-tasks/1"
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # always fullmatch: "$" would accept a trailing newline
 # These methods change the backbone's own weights, so their tasks cannot share one backbone.
-_BACKBONE_METHODS = ("full", "bitfit")
 # Facts of the backbone every task must agree on (normalisation is part of the backbone).
 _BACKBONE_KEYS = ("model", "img_size", "mean", "std", "interpolation")
 
@@ -177,7 +179,7 @@ class TaskRegistry:
         info, _ = read_adapter_files(run_dir)  # a damaged task is refused now, not at predict
         record = _backbone_record(run_dir, info)
         method = info["config"]["method"]
-        if method in _BACKBONE_METHODS:
+        if method_rule(method).trains_backbone:
             raise ValueError(
                 f"{run_dir} was trained with --method {method}, which changes the backbone's own "
                 "weights, so it cannot share one backbone with other tasks; register adaptformer, "
@@ -230,8 +232,6 @@ class TaskRegistry:
             ValueError: the registry is empty or ``model``'s backbone weights are not the
                 recorded ones.
         """
-        from ..training.runner import backbone_fingerprint
-
         record = self._require_backbone()
         names = self.names() if names is None else list(names)
         paths = [self.path(n) for n in names]  # unknown names fail before any work
@@ -249,14 +249,8 @@ class TaskRegistry:
         self, names: list[str] | None = None, device: torch.device | None = None
     ) -> nn.Module:
         """The recorded backbone with every task (or ``names``) loaded, in eval mode."""
-        from ..training.config import TrainConfig
-        from ..training.runner import build_model
-
         record = self._require_backbone()
-        cfg = TrainConfig(
-            model=record["model"], checkpoint=record.get("checkpoint"), img_size=record["img_size"]
-        )
-        model = build_model(cfg, num_classes=0)
+        model = pretrained_backbone(record["model"], record.get("checkpoint"), record["img_size"])
         self.load_all(model, names)
         return model.to(device or torch.device("cpu")).eval()
 
@@ -285,9 +279,7 @@ def _backbone_record(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     record["checkpoint"] = None
     config = run_dir / "config.yaml"
     if config.is_file():
-        from ..training.config import read_yaml
-
-        checkpoint = read_yaml(config).get("checkpoint")
+        checkpoint = read_yaml_mapping(config).get("checkpoint")
         if isinstance(checkpoint, str) and checkpoint:
             record["checkpoint"] = str(Path(checkpoint).expanduser().resolve())
     return record

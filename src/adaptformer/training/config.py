@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..adapters.config import METHODS, AdapterConfig
+from ..utils.files import read_yaml_mapping
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
 # Default warm-up as a share of the run: a fixed number of epochs outlasts short runs (a 20-epoch
@@ -322,15 +323,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"config file {path} does not exist (shipped recipes: {', '.join(packaged_configs())})"
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise ValueError(f"config file {path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {k.replace("-", "_"): v for k, v in read_yaml_mapping(path).items()}
 
 
 def _float(text: str, name: str) -> float:

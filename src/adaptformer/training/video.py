@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..backbones.create import pretrained_backbone
 from ..backbones.video import _SIZE_ALIASES, VIDEO_SIZES, create_video_model
 from ..backbones.video_weights import load_videomae_checkpoint, video_model_from_image
 from ..data.video.datasets import (
@@ -35,9 +36,26 @@ def is_videomae_name(model: str) -> bool:
     return name in VIDEO_SIZES or name in _SIZE_ALIASES
 
 
-def build_video_backbone(
-    cfg: TrainConfig, build_image: Callable[[TrainConfig, int], nn.Module]
-) -> nn.Module:
+class VideoModality:
+    """Video runs (``--dataset video-list``): the :class:`~adaptformer.training.modality.Modality`
+    of clips, multi-view evaluation and a collation that drops undecodable clips."""
+
+    def build_backbone(self, cfg: TrainConfig) -> nn.Module:
+        return build_video_backbone(cfg)
+
+    def build_data(self, cfg: TrainConfig, stats: dict[str, Any]) -> VideoDataSplits:
+        return build_video_data(cfg, stats)
+
+    def collate(self) -> Callable | None:
+        return collate_videos  # drops clips that failed to decode instead of crashing the batch
+
+    def evaluate(self, model, dataset, cfg, device, info, prefix, progress, batch_size, workers):
+        views = cfg.test_clips * cfg.test_crops
+        return evaluate_videos(model, dataset, max(1, batch_size // views), device, info,
+                               cfg.precision, workers, prefix, progress)  # fmt: skip
+
+
+def build_video_backbone(cfg: TrainConfig) -> nn.Module:
     """The video backbone for ``cfg`` with a features-only head.
 
     A VideoMAE name loads its ``--checkpoint`` strictly; anything else is built as the image
@@ -57,7 +75,7 @@ def build_video_backbone(
         report = load_videomae_checkpoint(model, cfg.checkpoint)
         model.fresh_parameter_names = {k for k in report.fresh if not k.startswith("head.")}
         return model
-    image = build_image(cfg, 0)
+    image = pretrained_backbone(cfg.model, cfg.checkpoint, cfg.img_size)
     _log.info(
         "inflating image backbone %s to video: %d frames, tubelet %d (2D kernel averaged over "
         "the tubelet, positions repeated over time, learnable time embedding from zero)",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..adapters.config import parse_method_spec
 from ..utils.files import atomic_write_text
 from .config import TrainConfig
 
@@ -45,28 +45,6 @@ PROTOCOL_FIELDS = (
     "dataset", "data_root", "method", "bottleneck", "prompt_tokens", "output", "seed",
     "train_split", "test_split", "val_fraction", "lr",
 )  # fmt: skip
-# What a size suffix means per method: ``adaptformer-8`` is r=8, ``vpt-10`` ten prompts.
-_SIZE_FIELD = {"adaptformer": "bottleneck", "lora": "bottleneck", "vpt": "prompt_tokens"}
-
-
-def method_options(spec: str) -> dict[str, Any]:
-    """``adaptformer-64`` -> ``{"method": "adaptformer", "bottleneck": 64}``; ``full`` -> ..."""
-    from ..adapters.config import METHODS
-
-    m = re.fullmatch(r"([a-z]+)(?:-(\d+))?", spec)
-    if not m or m.group(1) not in METHODS:
-        raise ValueError(
-            f"method {spec!r}: use one of {', '.join(METHODS)}, with a size for "
-            "adaptformer-R, lora-R (bottleneck/rank R) and vpt-N (N prompt tokens)"
-        )
-    method, size = m.group(1), m.group(2)
-    if size is None:
-        return {"method": method}
-    if method not in _SIZE_FIELD or int(size) < 1:
-        raise ValueError(f"method {spec!r}: only adaptformer, lora and vpt take a positive size")
-    return {"method": method, _SIZE_FIELD[method]: int(size)}
-
-
 @dataclass(frozen=True)
 class Protocol:
     """What to run: tasks below ``root``, methods, seeds, the lr grid, shared train options.
@@ -104,20 +82,20 @@ class Protocol:
                     "train800val200.txt and test.txt"
                 )
         for spec in self.methods:
-            method_options(spec)
+            parse_method_spec(spec)
         if not self.seeds or not self.lr_grid or any(not s > 0 for s in self.lr_grid):
             raise ValueError("--seeds and --lr-grid need at least one value; multipliers > 0")
         self.config("tune", self.tasks[0], self.methods[0], self.lr_grid[0], self.seeds[0])
 
     def default_blr(self, spec: str) -> float:
-        return TrainConfig(**{**self.base, **method_options(spec)}).resolved_blr
+        return TrainConfig(**{**self.base, **parse_method_spec(spec)}).resolved_blr
 
     def config(self, phase: str, task: str, spec: str, blr: float, seed: int) -> TrainConfig:
         """The run of one phase ("tune" or "final") as a ``TrainConfig``."""
         split = ("train800", "val200") if phase == "tune" else ("train800val200", "test")
         folder = f"tune-blr{blr:.3g}" if phase == "tune" else f"seed{seed}"
         return TrainConfig(**{
-            **self.base, **method_options(spec),
+            **self.base, **parse_method_spec(spec),
             "dataset": "vtab1k", "data_root": str(self.root / task),
             "train_split": split[0], "test_split": split[1], "val_fraction": 0.0,
             "lr": None, "blr": blr, "seed": seed,

@@ -184,3 +184,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping with string keys, parsed without running code
+    (``yaml.safe_load``); anything else is one ``ValueError`` line naming the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    return data
