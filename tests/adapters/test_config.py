@@ -1,6 +1,7 @@
 import pytest
 
 from adaptformer import AdapterConfig
+from adaptformer.adapters.config import parse_method_spec
 
 
 def test_defaults_are_the_papers_main_setting():
@@ -52,3 +53,22 @@ def test_resolve_layers():
 
 def test_every_field_has_help():
     assert all(AdapterConfig.field_help().values())
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("linear", {"method": "linear"}),
+        ("adaptformer-8", {"method": "adaptformer", "bottleneck": 8}),
+        ("lora-16", {"method": "lora", "bottleneck": 16}),
+        ("vpt-10", {"method": "vpt", "prompt_tokens": 10}),
+    ],
+)
+def test_method_specs(spec, expected):
+    assert parse_method_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["full-3", "adaptformer-0", "prefix", "AdaptFormer"])
+def test_bad_method_specs_are_refused(spec):
+    with pytest.raises(ValueError, match="method"):
+        parse_method_spec(spec)

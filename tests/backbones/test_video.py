@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from adaptformer import AdapterConfig, count_parameters, inject, mark_trainable
-from adaptformer.backbones.video import (
-    VIDEO_SIZES,
-    VideoVisionTransformer,
-    create_video_model,
-    sinusoid_table,
-)
+from adaptformer.backbones.video import VIDEO_SIZES, VideoVisionTransformer, sinusoid_table
+from adaptformer.backbones.video_weights import create_video_model
 
 
 def tiny_video(**kwargs) -> VideoVisionTransformer:

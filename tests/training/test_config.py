@@ -74,3 +74,32 @@ def test_schedule_line_names_steps_warmup_peak_and_final_lr():
     default = TrainConfig(epochs=3, method="full")
     line = describe_schedule(default, Schedule(default.peak_lr(32), 0, 0.3, 3), 32, 31)
     assert f"blr {DEFAULT_BLR['adamw']['full']:g} (default) x total batch 32 / 256" in line
+
+
+def test_every_adapter_and_data_field_is_a_train_option_with_the_same_help():
+    """Config is declared once: a field added to AdapterConfig or DataConfig is a CLI flag."""
+    import dataclasses
+
+    from adaptformer.adapters.config import AdapterConfig
+    from adaptformer.cli import build_parser
+    from adaptformer.data import DataConfig
+
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(AdapterConfig):
+        name = "adapter_dropout" if f.name == "dropout" else f.name
+        assert name in train, f"AdapterConfig.{f.name} cannot be set from the CLI"
+        if name == f.name:
+            assert train[name].metadata["help"] == f.metadata["help"]
+    assert all(f.name in train for f in dataclasses.fields(DataConfig))
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ("--lora-alpha", "--layernorm", "--scale", "--prompt-mode", "--head-batchnorm"):
+        assert flag in text
+
+
+def test_adapter_knobs_reach_the_adapter_config():
+    cfg = TrainConfig(method="lora", lora_alpha=8.0, layernorm="in", scale="learnable")
+    a = cfg.adapter_config()
+    assert (a.method, a.lora_alpha, a.layernorm, a.scale) == ("lora", 8.0, "in", "learnable")
+    assert TrainConfig(scale="0.5").adapter_config().scale == 0.5  # old run folders: a string
+    with pytest.raises(ValueError, match="scale"):
+        TrainConfig(scale="fast")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adaptformer.adapters.config import parse_method_spec
 from adaptformer.training.config import DEFAULT_BLR
 from adaptformer.training.vtab import (
     Protocol,
@@ -44,25 +43,6 @@ def make_vtab_task(root: Path, name: str, n_train: int = 16, n_val: int = 8, n_t
         (task / f"{split}.txt").write_text("\n".join(lines[split]) + "\n")
     (task / "classes.txt").write_text("dark\nbright\n")
     return task
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("linear", {"method": "linear"}),
-        ("adaptformer-8", {"method": "adaptformer", "bottleneck": 8}),
-        ("lora-16", {"method": "lora", "bottleneck": 16}),
-        ("vpt-10", {"method": "vpt", "prompt_tokens": 10}),
-    ],
-)
-def test_method_specs(spec, expected):
-    assert parse_method_spec(spec) == expected
-
-
-@pytest.mark.parametrize("spec", ["full-3", "adaptformer-0", "prefix", "AdaptFormer"])
-def test_bad_method_specs_are_refused(spec):
-    with pytest.raises(ValueError, match="method"):
-        parse_method_spec(spec)
 
 
 class FakeFit:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.layers import LayerScale, resample_abs_pos_embed
@@ -29,7 +30,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .create import check_state_dict, read_state_dict
-from .video import VideoVisionTransformer, sinusoid_table
+from .video import _SIZE_ALIASES, VIDEO_SIZES, VideoVisionTransformer, sinusoid_table
 
 _log = logging.getLogger(__name__)
 
@@ -413,4 +414,39 @@ def video_model_from_image(
         model.num_time_slots,
         prefix,
     )
+    return model
+
+
+def create_video_model(
+    size: str = "base",
+    *,
+    num_classes: int = 0,
+    num_frames: int = 8,
+    img_size: int = 224,
+    checkpoint: str | None = None,
+    **kwargs: Any,
+) -> VideoVisionTransformer:
+    """A VideoMAE-layout video ViT by size name, optionally with weights from a checkpoint.
+
+    Args:
+        size: ``small``/``base``/``large``/``huge`` or ``vit_s``/``vit_b``/``vit_l``/``vit_h``
+            (patch 16, tubelet 2, as released by VideoMAE).
+        num_classes: classes of the head; 0 gives pooled features.
+        num_frames: frames per clip (8 in AdaptFormer's recipe; VideoMAE released 16-frame
+            models; the sinusoidal table follows num_frames).
+        img_size: input height and width.
+        checkpoint: a VideoMAE checkpoint (pre-training or fine-tuned), loaded strictly.
+        **kwargs: any other :class:`VideoVisionTransformer` argument.
+    """
+    name = _SIZE_ALIASES.get(size, size)
+    if name not in VIDEO_SIZES:
+        choices = ", ".join([*VIDEO_SIZES, *_SIZE_ALIASES])
+        raise ValueError(f"unknown video model size {size!r}; choose one of {choices}")
+    args = {"patch_size": 16, "tubelet_size": 2, **VIDEO_SIZES[name], **kwargs}
+    model = VideoVisionTransformer(
+        img_size=img_size, num_frames=num_frames, num_classes=num_classes, **args
+    )
+    model.default_cfg["architecture"] = f"videomae_vit_{name}"
+    if checkpoint is not None:
+        load_videomae_checkpoint(model, checkpoint)
     return model

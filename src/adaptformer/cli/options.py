@@ -37,7 +37,7 @@ def add_dataclass_flags(
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = f.metadata.get("parse", kind)
             if is_list:
                 kwargs["nargs"] = "+"
             if "choices" in f.metadata:

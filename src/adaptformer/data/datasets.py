@@ -10,6 +10,11 @@ the familiar ones and ``download`` works), drops unreadable image files, then fo
 
 Validation comes from training files but uses the evaluation transform. mnist5k has no
 official test split; see :func:`_mnist5k`.
+
+Why one module of this size: every builder is a short reader of one on-disk layout, and all of
+them share the same checks (data root, split names, unreadable files, class coverage) and the
+same pool-to-splits step; the sections below (checks, folders and lists, torchvision, mnist5k)
+keep them apart without a web of private imports between modules.
 """
 
 from __future__ import annotations

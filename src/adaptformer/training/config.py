@@ -15,9 +15,12 @@ from typing import Any
 import yaml
 
 from ..adapters.config import METHODS, AdapterConfig
+from ..data.config import DATASETS
 from ..utils.files import read_yaml_mapping
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
+# The video data set: lists of clips, trained through the video modality (training/video.py).
+VIDEO_DATASET = "video-list"
 # Default warm-up as a share of the run: a fixed number of epochs outlasts short runs (a 20-epoch
 # warm-up left a 3-epoch run at a tenth of its learning rate).
 WARMUP_FRACTION = 0.1
@@ -48,13 +51,30 @@ DEFAULT_BLR: dict[str, dict[str, float]] = {
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
-    choices = kwargs.pop("choices", None)
-    meta = {"help": help}
+    choices, parse = kwargs.pop("choices", None), kwargs.pop("parse", None)
+    meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
+    if parse:
+        meta["parse"] = parse  # reads the CLI text (argparse ``type``)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_ADAPTER_FIELDS = {f.name: f for f in dataclasses.fields(AdapterConfig)}
+
+
+def _a(name: str, **meta: Any) -> Any:
+    """A ``TrainConfig`` field that is AdapterConfig's field ``name``: same default, same help."""
+    f = _ADAPTER_FIELDS[name]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return _f(default, f.metadata["help"], **meta)
+
+
+def parse_scale(text: str) -> float | str:
+    """``--scale 0.1`` or ``--scale learnable``."""
+    return "learnable" if text == "learnable" else _float(text, "scale")
 
 
 @dataclass
@@ -69,8 +89,7 @@ class TrainConfig:
     img_size: int = _f(224, "input resolution; position embeddings are resampled to it")
     # data
     dataset: str = _f(
-        "imagefolder",
-        "data set name (imagefolder, cifar10, cifar100, svhn, food101, flowers102, fashionmnist, mnist5k, vtab1k, multilabel, video-list)",
+        "imagefolder", f"data set name ({', '.join((*DATASETS, VIDEO_DATASET))})"
     )
     data_root: str | None = _f(None, "folder holding the data set")
     train_per_class: int | None = _f(
@@ -112,24 +131,21 @@ class TrainConfig:
     )
     test_clips: int = _f(1, "temporal clips per video at evaluation (paper's final test: 4)")
     test_crops: int = _f(1, "spatial crops per clip at evaluation (paper's final test: 3)")
-    # method
-    method: str = _f("adaptformer", "what trains", choices=list(METHODS))
-    bottleneck: int = _f(64, "AdaptMLP hidden width r (adaptformer) or LoRA rank (lora)")
-    scale: str = _f("0.1", "AdaptMLP output scale s, or 'learnable'")
+    # method: every AdapterConfig field, its help written once (in AdapterConfig); ``dropout``
+    # is ``adapter_dropout`` here, because its default depends on images vs video.
+    method: str = _a("method", choices=list(METHODS))
+    bottleneck: int = _a("bottleneck")
+    scale: float | str = _a("scale", parse=parse_scale)
     adapter_dropout: float | None = _f(
         None, "dropout inside the AdaptMLP; None: the paper's 0.1 for images, 0.0 for video"
     )
-    position: str = _f(
-        "parallel",
-        "AdaptMLP beside (parallel) or after (sequential) the MLP",
-        choices=["parallel", "sequential"],
-    )
-    layers: list[int] | None = _f(None, "block indices to adapt (default all), e.g. 6 7 8 9 10 11")
-    prompt_tokens: int = _f(1, "VPT prompt tokens")
-    prompt_mode: str = _f("deep", "VPT deep or shallow", choices=["deep", "shallow"])
-    head_batchnorm: bool = _f(
-        False, "BatchNorm1d(affine=False) before the linear head (MAE's linear probe)"
-    )
+    layernorm: str = _a("layernorm", choices=["none", "in", "out"])
+    position: str = _a("position", choices=["parallel", "sequential"])
+    layers: list[int] | None = _a("layers")
+    prompt_tokens: int = _a("prompt_tokens")
+    prompt_mode: str = _a("prompt_mode", choices=["deep", "shallow"])
+    lora_alpha: float = _a("lora_alpha")
+    head_batchnorm: bool = _a("head_batchnorm")
     # optimisation
     epochs: int = _f(100, "training epochs")
     warmup_epochs: float | None = _f(
@@ -173,8 +189,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scale, str):  # YAML gives 0.1 as a float
-            self.scale = str(self.scale)
+        if isinstance(self.scale, str) and self.scale != "learnable":  # "0.1" from old runs
+            self.scale = _float(self.scale, "scale")
         problems = list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
@@ -221,6 +237,7 @@ class TrainConfig:
         for name in (
             "method",
             "augment",
+            "layernorm",
             "position",
             "prompt_mode",
             "optimizer",
@@ -237,7 +254,7 @@ class TrainConfig:
 
     @property
     def is_video(self) -> bool:
-        return self.dataset == "video-list"
+        return self.dataset == VIDEO_DATASET
 
     @property
     def resolved_warmup_epochs(self) -> float:
@@ -264,20 +281,9 @@ class TrainConfig:
         return 0.0 if self.is_video else 0.1
 
     def adapter_config(self) -> AdapterConfig:
-        scale: float | str = (
-            self.scale if self.scale == "learnable" else _float(self.scale, "scale")
-        )
-        return AdapterConfig(
-            method=self.method,
-            bottleneck=self.bottleneck,
-            scale=scale,
-            dropout=self.resolved_dropout,
-            position=self.position,
-            layers=self.layers,
-            prompt_tokens=self.prompt_tokens,
-            prompt_mode=self.prompt_mode,
-            head_batchnorm=self.head_batchnorm,
-        )
+        """The run's AdapterConfig: every adapter field copied by name (none by hand)."""
+        shared = {k: getattr(self, k) for k in _ADAPTER_FIELDS if k != "dropout"}
+        return AdapterConfig(**shared, dropout=self.resolved_dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

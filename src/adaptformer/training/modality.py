@@ -8,6 +8,7 @@ when a video run is built.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -59,17 +60,7 @@ class ImageModality:
 
     def build_data(self, cfg: TrainConfig, stats: dict[str, Any]) -> DataSplits:
         data_cfg = DataConfig(
-            dataset=cfg.dataset,
-            data_root=cfg.data_root,
-            img_size=cfg.img_size,
-            train_per_class=cfg.train_per_class,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            augment=cfg.augment,
-            download=cfg.download,
-            strict_data=cfg.strict_data,
-            test_split=cfg.test_split,
-            train_split=cfg.train_split,
+            **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataConfig)}
         )
         return build_datasets(data_cfg, stats["mean"], stats["std"], stats["interpolation"])
 

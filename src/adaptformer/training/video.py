@@ -13,8 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..backbones.create import pretrained_backbone
-from ..backbones.video import _SIZE_ALIASES, VIDEO_SIZES, create_video_model
-from ..backbones.video_weights import load_videomae_checkpoint, video_model_from_image
+from ..backbones.video import _SIZE_ALIASES, VIDEO_SIZES
+from ..backbones.video_weights import (
+    create_video_model,
+    load_videomae_checkpoint,
+    video_model_from_image,
+)
 from ..data.video.datasets import (
     VideoDataSplits,
     VideoListDataset,
