@@ -115,10 +115,10 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        if batch is None:  # every video of this batch failed to decode (logged by the dataset)
+        if batch is None:  # the collate dropped every item (e.g. clips that failed to decode)
             bar.update(1)
             continue
-        x, y = batch[0], batch[1]  # video items carry their video index third
+        x, y = batch
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
             lr_peak = max(lr_peak, lr)

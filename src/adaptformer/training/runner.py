@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from ..adapters.files import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_adapter
 from ..adapters.inject import inject
 from ..adapters.trainable import backbone_fingerprint, mark_trainable
-from ..data import DataSplits
 from ..utils import distributed as dist_utils
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
@@ -113,7 +112,7 @@ class Run:
     device: torch.device
     info: dist_utils.DistInfo
     model: nn.Module
-    data: DataSplits
+    data: Any  # the modality's splits: DataSplits (images) or VideoDataSplits
     stats: dict[str, Any]
     fingerprint: str
 

@@ -51,12 +51,19 @@ class VideoModality:
         return build_video_data(cfg, stats)
 
     def collate(self) -> Callable | None:
-        return collate_videos  # drops clips that failed to decode instead of crashing the batch
+        return _training_batch
 
     def evaluate(self, model, dataset, cfg, device, info, prefix, progress, batch_size, workers):
         views = cfg.test_clips * cfg.test_crops
         return evaluate_videos(model, dataset, max(1, batch_size // views), device, info,
                                cfg.precision, workers, prefix, progress)  # fmt: skip
+
+
+def _training_batch(items: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(clips, labels)`` without the clips that failed to decode (None when all did), so the
+    training loop sees the same batches as for images."""
+    batch = collate_videos(items)
+    return None if batch is None else (batch[0], batch[1])
 
 
 def build_video_backbone(cfg: TrainConfig) -> nn.Module:
