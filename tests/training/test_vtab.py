@@ -163,7 +163,8 @@ def test_vtab_command_end_to_end_and_resumes(tmp_path):
     assert "| linear |" in r.stdout and "| adaptformer-4 |" in r.stdout
     summary = json.loads((tmp_path / "out/eurosat/linear/seed0/summary.json").read_text())
     assert summary["data"]["train"] == 24 and summary["test_images"] == 8
-    tune = json.loads((tmp_path / "out/eurosat/linear/tune-blr0.04/summary.json").read_text())
+    linear = f"tune-blr{DEFAULT_BLR['adamw']['linear']:.3g}"
+    tune = json.loads((tmp_path / f"out/eurosat/linear/{linear}/summary.json").read_text())
     assert tune["data"]["train"] == 16 and tune["test_images"] == 8
     again = run_cli(*args)
     assert again.returncode == 0 and again.stdout.count("done before") == 6
