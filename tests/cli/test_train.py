@@ -180,10 +180,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(setup, monkeypatch):
     """A NaN in epoch 1 stops the run with a clear message; epoch 0's checkpoint survives."""
     import torch
 
-    from adaptformer import runner
     from adaptformer.adapters.inject import unwrap
     from adaptformer.cli import build_parser
     from adaptformer.cli.train import config_from_args
+    from adaptformer.training import runner
     from adaptformer.training.engine import NonFiniteLossError
 
     data, ckpt, root = setup
