@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..training.modality import evaluate_split, modality_of
     from ..training.run_folder import load_run
-    from ..training.runner import resolve_device
     from ..utils import distributed
+    from ..utils.distributed import resolve_device
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)

@@ -58,7 +58,7 @@ def _run_one(args: argparse.Namespace) -> int:
     from ..data import build_eval_transform
     from ..data.safe import load_image
     from ..training.run_folder import load_run
-    from ..training.runner import resolve_device
+    from ..utils.distributed import resolve_device
 
     device = resolve_device(args.device)
     cfg, model, meta = load_run(args.run, device)
@@ -88,7 +88,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     from ..data.safe import load_image
     from ..serving.multitask import forward_all_tasks
     from ..serving.store import TaskRegistry
-    from ..training.runner import resolve_device
+    from ..utils.distributed import resolve_device
 
     names = list(dict.fromkeys(t for t in args.tasks.split(",") if t))
     if not names:

@@ -28,6 +28,7 @@ from ..adapters.files import CONFIG_NAME, WEIGHTS_NAME, adapter_tensors, save_ad
 from ..adapters.inject import inject
 from ..adapters.trainable import backbone_fingerprint, mark_trainable
 from ..utils import distributed as dist_utils
+from ..utils.distributed import resolve_device
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
@@ -48,17 +49,6 @@ from .run_folder import (
 )
 
 _log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: CUDA is not available on this machine; use --device cpu"
-        )
-    return device
 
 
 def seed_everything(seed: int) -> None:

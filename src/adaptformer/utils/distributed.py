@@ -13,6 +13,18 @@ import torch
 import torch.distributed as dist
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
+    return device
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
