@@ -12,6 +12,10 @@ over the tubelet (each of its ``t`` slices is ``W / t``) and the image position 
 repeated over time, so a static clip gives every token the image's embedding. Together with the
 per-time-slot prefix tokens of :class:`VideoVisionTransformer` (see its module docstring) the
 inflated model's features on a static clip equal the image model's on that frame.
+
+Why one module of this size: the three ways a video ViT gets its weights (by size name, from a
+VideoMAE file, inflated from an image ViT) share the key renaming and the strict check, and
+keeping them together keeps the model module (``video.py``) free of checkpoint formats.
 """
 
 from __future__ import annotations
