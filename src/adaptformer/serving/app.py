@@ -297,6 +297,12 @@ class Service:
         page = resources.files("adaptformer.serving").joinpath("static", "index.html")
         return HTMLResponse(page.read_text(encoding="utf-8"))
 
+    def begin_drain(self) -> None:
+        """A shutdown began: /healthz says so (load balancers stop sending) and queued rows run
+        without waiting for fuller batches."""
+        self.draining = True
+        self.batcher.hurry()
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.batcher.start()
@@ -421,7 +427,14 @@ def serve(
         registry = TaskRegistry(registry)
     catalog = Catalog.from_registry(registry, names, resolve_device(config.device))
     app = create_app(catalog, config, admin_token)
-    uvicorn.Server(
+    service: Service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            service.begin_drain()
+            super().handle_exit(sig, frame)
+
+    Server(
         uvicorn.Config(
             app,
             host=config.host,

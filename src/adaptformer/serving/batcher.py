@@ -112,6 +112,7 @@ class Batcher:
         self._queue: collections.deque[Row] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._hurry = False  # shutting down: run what is queued without waiting for more
         self._seconds_per_row = 0.0  # running estimate, for Retry-After
         self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
 
@@ -145,6 +146,12 @@ class Batcher:
             self._cond.notify()
         return [r.future for r in items]
 
+    def hurry(self) -> None:
+        """Stop waiting for fuller batches (a shutdown began); rows are still accepted."""
+        with self._cond:
+            self._hurry = True
+            self._cond.notify()
+
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new rows, finish every queued one, then end the model thread."""
         with self._cond:
@@ -165,7 +172,7 @@ class Batcher:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].arrived + self.max_wait
-            while len(self._queue) < self.max_batch and not self._stopping:
+            while len(self._queue) < self.max_batch and not (self._stopping or self._hurry):
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break

@@ -62,6 +62,8 @@ def decode(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             return to_rgb(img)
     except BadImage:
         raise
+    except Image.DecompressionBombError as err:  # PIL's own limit, met in the header
+        raise BadImage(f"{what} is a decompression bomb ({err})", status=413) from err
     except DECODE_ERRORS as err:
         raise BadImage(f"{what} is not a readable image ({type(err).__name__}: {err})") from err
 
