@@ -94,7 +94,9 @@ def test_predict_equals_offline_forward_tasks(registry, task_runs):
             top = res["tasks"][name]["top"]
             full = results[i]["tasks"][name]["top"]
             assert [p["index"] for p in top] == [p["index"] for p in full[:2]]
-            assert [p["prob"] for p in top] == pytest.approx([p["prob"] for p in full[:2]], abs=1e-6)
+            assert [p["prob"] for p in top] == pytest.approx(
+                [p["prob"] for p in full[:2]], abs=1e-6
+            )
 
 
 def test_tasks_health_metrics_and_page(registry, task_runs):
@@ -130,14 +132,26 @@ def bomb() -> bytes:
 @pytest.mark.parametrize(
     ("request_kwargs", "status", "words"),
     [
-        ({"files": {"image": ("a.txt", b"hello, not an image")}}, 422, "image 0 (a.txt) is not a readable"),
+        (
+            {"files": {"image": ("a.txt", b"hello, not an image")}},
+            422,
+            "image 0 (a.txt) is not a readable",
+        ),
         ({"files": {"image": ("t.png", png(3)[:-200])}}, 422, "is not a readable image"),
         ({"files": {"image": ("b.png", bomb())}}, 413, "decompression bomb"),
         ({"files": {"image": ("big.png", b"\0" * 300_000)}}, 413, "--max-upload-mb"),
-        ({"files": {"image": ("a.png", png())}, "data": {"tasks": "cars,shapes"}}, 422, "unknown task(s) ['cars']"),
+        (
+            {"files": {"image": ("a.png", png())}, "data": {"tasks": "cars,shapes"}},
+            422,
+            "unknown task(s) ['cars']",
+        ),
         ({"files": {"image": ("a.png", png())}, "data": {"top_k": "0"}}, 422, "top_k"),
         ({"files": {"image": ("a.png", png())}, "data": {"top_k": "2.5"}}, 422, "top_k"),
-        ({"content": b'{"images": [', "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
+        (
+            {"content": b'{"images": [', "headers": {"content-type": "application/json"}},
+            400,
+            "malformed JSON",
+        ),
         ({"json": {"images": ["***"]}}, 422, "image 0 is not valid base64"),
         ({"json": {"images": "abc"}}, 422, '"images"'),
         ({"json": {"images": [base64.b64encode(png()).decode()] * 5}}, 413, "at most 4"),
@@ -255,9 +269,13 @@ def test_requests_in_flight_finish_on_the_version_they_arrived_for(registry, tas
     got = second.json()["results"][0]["tasks"]["shapes"]
     assert first["version"] == old["version"] and got["version"] == new["version"]
     assert [p["index"] for p in first["top"]] == [p["index"] for p in old["top"]]
-    assert [p["prob"] for p in first["top"]] == pytest.approx([p["prob"] for p in old["top"]], abs=1e-5)
-    assert [p["prob"] for p in got["top"]] == pytest.approx([p["prob"] for p in new["top"]], abs=1e-5)
-    assert "adaptformer_batch_tasks_bucket{le=\"2.0\"} 1.0" in text  # one pass, two versions
+    assert [p["prob"] for p in first["top"]] == pytest.approx(
+        [p["prob"] for p in old["top"]], abs=1e-5
+    )
+    assert [p["prob"] for p in got["top"]] == pytest.approx(
+        [p["prob"] for p in new["top"]], abs=1e-5
+    )
+    assert 'adaptformer_batch_tasks_bucket{le="2.0"} 1.0' in text  # one pass, two versions
 
 
 def test_overload_is_503_with_retry_after_and_stopping_answers_the_queue(registry):

@@ -7,14 +7,14 @@ import signal
 import threading
 
 from .conftest import png
-from .server import running
+from .server import client, running
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(registry, task_runs):
     flags = ("--max-batch-size", "64", "--max-wait-ms", "600000")  # a pass waits for 64 rows
     env = {"ADAPTFORMER_ADMIN_TOKEN": "tok"}
-    with running(registry.root, *flags, env=env) as server, server.client() as client:
-        r = client.put(
+    with running(registry.root, *flags, env=env) as server, client(server) as http:
+        r = http.put(
             "/v1/tasks/extra",
             json={"run": str(task_runs["shapes_v2"])},
             headers={"Authorization": "Bearer tok"},
@@ -23,7 +23,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(registry, task_runs):
         answers: dict[str, object] = {}
 
         def ask(task: str) -> None:
-            with server.client() as c:
+            with client(server) as c:
                 answers[task] = c.post(
                     "/v1/predict", files={"image": ("a.png", png())}, data={"tasks": task}
                 )
@@ -31,7 +31,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(registry, task_runs):
         threads = [threading.Thread(target=ask, args=(t,)) for t in ("shapes", "extra", "probe")]
         for t in threads:
             t.start()
-        while client.get("/healthz").json()["queue"] < 3:  # all three rows wait for more
+        while http.get("/healthz").json()["queue"] < 3:  # all three rows wait for more
             threads[0].join(0.05)
         server.proc.send_signal(signal.SIGTERM)
         for t in threads:

@@ -357,7 +357,9 @@ def _top_k(value: Any, default: int) -> int:
     except (TypeError, ValueError):
         ok = False
     if not ok or isinstance(value, bool) or not 1 <= k <= MAX_TOP_K:
-        raise HTTPException(422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {value!r}")
+        raise HTTPException(
+            422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {value!r}"
+        )
     return k
 
 

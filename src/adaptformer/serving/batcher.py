@@ -204,8 +204,8 @@ class Batcher:
                     r.future.set_exception(err)
         seconds = time.perf_counter() - start
         per_row = seconds / len(rows)
-        self._seconds_per_row = per_row if not self._seconds_per_row else (
-            0.9 * self._seconds_per_row + 0.1 * per_row
+        self._seconds_per_row = (
+            per_row if not self._seconds_per_row else (0.9 * self._seconds_per_row + 0.1 * per_row)
         )
         if self.on_batch is not None:
             self.on_batch(

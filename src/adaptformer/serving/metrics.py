@@ -24,9 +24,7 @@ class ServeMetrics:
             "adaptformer_requests", "HTTP requests to /v1/predict by status code", ["status"],
             registry=r,
         )  # fmt: skip
-        self.rows = Counter(
-            "adaptformer_rows", "images answered, per task", ["task"], registry=r
-        )
+        self.rows = Counter("adaptformer_rows", "images answered, per task", ["task"], registry=r)
         self.latency = Histogram(
             "adaptformer_latency_seconds",
             "per task: seconds from a request's arrival to its answer",
