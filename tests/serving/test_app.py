@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 import adaptformer as af
 from adaptformer.data import build_eval_transform
 from adaptformer.inject import adapter_state
+from adaptformer.serving import app as app_module
 from adaptformer.serving.app import create_app
 from adaptformer.serving.catalog import Catalog
 from adaptformer.serving.config import ServeConfig
@@ -109,7 +110,12 @@ def test_tasks_health_metrics_and_page(registry, task_runs):
         assert {t["name"]: t["num_classes"] for t in listing["tasks"]} == {
             n: len(c) for n, (_, c) in TASKS.items()
         }
-        assert client.get("/healthz").json() == {"status": "ok", "tasks": 3, "queue": 0}
+        assert client.get("/healthz").json() == {
+            "status": "ok",
+            "tasks": 3,
+            "queue": 0,
+            "preparing": 0,
+        }
         client.post("/v1/predict", files={"image": ("x.png", png())}, data={"tasks": "probe"})
         client.post("/v1/predict", json={"images": [], "tasks": "probe"})
         text = client.get("/metrics").text
@@ -242,7 +248,45 @@ def test_hot_replace_add_remove_and_a_broken_task_is_refused(registry, task_runs
         assert len(adapters) == 3
 
 
-def test_requests_in_flight_finish_on_the_version_they_arrived_for(registry, task_runs):
+@pytest.fixture
+def slow_upload(monkeypatch) -> threading.Event:
+    """Images named ``slow.png`` stay in decoding until the returned event is set: a request
+    still being prepared, which queued rows wait for (up to --max-wait-ms)."""
+    gate = threading.Event()
+    real = app_module.preprocess
+
+    def preprocess(data, what, *args):
+        if "slow.png" in what:
+            gate.wait(120)
+        return real(data, what, *args)
+
+    monkeypatch.setattr(app_module, "preprocess", preprocess)
+    yield gate
+    gate.set()
+
+
+def in_thread(answers: dict, key: str, fn, *args, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=lambda: answers.setdefault(key, fn(*args, **kwargs)))
+    thread.start()
+    return thread
+
+
+def wait_for(condition, thread: threading.Thread) -> None:
+    """Until ``condition()`` holds (no time limit of our own: pytest's applies)."""
+    while not condition():
+        thread.join(0.01)
+
+
+def test_a_lone_request_does_not_wait_for_company(registry):
+    """Nothing else is on its way, so a 10-minute max wait is not spent (the test would hang)."""
+    with client_for(registry, max_wait_ms=600_000) as client:
+        r = client.post("/v1/predict", files={"image": ("a.png", png())}, data={"tasks": "probe"})
+    assert r.status_code == 200
+
+
+def test_requests_in_flight_finish_on_the_version_they_arrived_for(
+    registry, task_runs, slow_upload
+):
     """A queued row of `shapes` v1 and a new one of v2 run in the same pass, each on its own."""
     one = {"files": {"image": ("a.png", png())}, "data": {"tasks": "shapes", "top_k": "3"}}
     with client_for(registry) as client:  # reference answers of both versions
@@ -250,23 +294,26 @@ def test_requests_in_flight_finish_on_the_version_they_arrived_for(registry, tas
         client.put("/v1/tasks/shapes", json={"run": str(task_runs["shapes_v2"])}, headers=AUTH)
         new = client.post("/v1/predict", **one).json()["results"][0]["tasks"]["shapes"]
     registry.add("shapes", task_runs["shapes"], replace=True)
-    answers = {}
-    with client_for(registry, max_batch_size=2, max_wait_ms=600_000) as client:
+    answers: dict = {}
+    slow = {"files": {"image": ("slow.png", png())}, "data": {"tasks": "probe"}}
+    with client_for(registry, max_batch_size=3, max_wait_ms=600_000) as client:
         service = client.app.state.service
-        waiting = threading.Thread(
-            target=lambda: answers.setdefault("first", client.post("/v1/predict", **one))
-        )
-        waiting.start()
-        while service.batcher.depth() < 1:  # queued; its pass waits for a second row
-            waiting.join(0.01)
+        t_slow = in_thread(answers, "slow", client.post, "/v1/predict", **slow)
+        wait_for(lambda: service.preparing == 1, t_slow)  # on its way: rows wait for it
+        t_first = in_thread(answers, "first", client.post, "/v1/predict", **one)
+        wait_for(lambda: service.batcher.depth() == 1, t_first)
         r = client.put("/v1/tasks/shapes", json={"run": str(task_runs["shapes_v2"])}, headers=AUTH)
         assert r.status_code == 200
-        assert service.batcher.depth() == 1 and waiting.is_alive()  # not dropped, still queued
-        second = client.post("/v1/predict", **one)  # fills the batch: both rows in one pass
-        waiting.join()
+        assert service.batcher.depth() == 1 and t_first.is_alive()  # not dropped, still queued
+        t_second = in_thread(answers, "second", client.post, "/v1/predict", **one)
+        wait_for(lambda: service.batcher.depth() == 2, t_second)
+        slow_upload.set()  # its row completes the batch: three rows, one pass
+        for t in (t_slow, t_first, t_second):
+            t.join()
         text = client.get("/metrics").text
     first = answers["first"].json()["results"][0]["tasks"]["shapes"]
-    got = second.json()["results"][0]["tasks"]["shapes"]
+    got = answers["second"].json()["results"][0]["tasks"]["shapes"]
+    assert answers["slow"].status_code == 200
     assert first["version"] == old["version"] and got["version"] == new["version"]
     assert [p["index"] for p in first["top"]] == [p["index"] for p in old["top"]]
     assert [p["prob"] for p in first["top"]] == pytest.approx(
@@ -275,25 +322,29 @@ def test_requests_in_flight_finish_on_the_version_they_arrived_for(registry, tas
     assert [p["prob"] for p in got["top"]] == pytest.approx(
         [p["prob"] for p in new["top"]], abs=1e-5
     )
-    assert 'adaptformer_batch_tasks_bucket{le="2.0"} 1.0' in text  # one pass, two versions
+    assert "adaptformer_batch_size_count 1.0" in text  # one pass ...
+    assert "adaptformer_batch_tasks_sum 3.0" in text  # ... of probe, shapes v1 and shapes v2
 
 
-def test_overload_is_503_with_retry_after_and_stopping_answers_the_queue(registry):
+def test_overload_is_503_with_retry_after_and_stopping_answers_the_queue(registry, slow_upload):
     one = {"files": {"image": ("a.png", png())}, "data": {"tasks": "shapes,colours"}}
-    answers = {}
-    with client_for(registry, max_batch_size=8, max_queue=2, max_wait_ms=600_000) as client:
+    slow = {"files": {"image": ("slow.png", png())}, "data": {"tasks": "probe"}}
+    answers: dict = {}
+    with client_for(registry, max_batch_size=8, max_queue=3, max_wait_ms=600_000) as client:
         service = client.app.state.service
-        waiting = threading.Thread(
-            target=lambda: answers.setdefault("queued", client.post("/v1/predict", **one))
-        )
-        waiting.start()
-        while service.batcher.depth() < 2:  # two rows queued, waiting for more
-            waiting.join(0.01)
-        r = client.post("/v1/predict", files=one["files"], data={"tasks": "probe"})
-        assert r.status_code == 503 and "queue is full" in r.json()["error"]
+        t_slow = in_thread(answers, "slow", client.post, "/v1/predict", **slow)
+        wait_for(lambda: service.preparing == 1, t_slow)
+        waiting = in_thread(answers, "queued", client.post, "/v1/predict", **one)
+        wait_for(lambda: service.batcher.depth() == 2, waiting)  # two rows wait for the slow one
+        r = client.post("/v1/predict", **one)  # two more rows do not fit in 3
+        assert r.status_code == 503, r.text
+        assert "queue is full (2 of 3 rows waiting; this request needs 2)" in r.json()["error"]
         assert int(r.headers["retry-after"]) >= 1
         service.batcher.stop()  # what shutdown does: the queued rows run at once, not dropped
         waiting.join()
-        assert client.post("/v1/predict", **one).status_code == 503  # stopped: refuses new rows
+        slow_upload.set()
+        t_slow.join()
     assert answers["queued"].status_code == 200
     assert sorted(answers["queued"].json()["results"][0]["tasks"]) == ["colours", "shapes"]
+    assert answers["slow"].status_code == 503  # arrived after the stop: refused, not lost
+    assert "shutting down" in answers["slow"].json()["error"]

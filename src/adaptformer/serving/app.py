@@ -116,9 +116,11 @@ class Service:
             on_batch=self.metrics.observe_batch,
             on_done=catalog.release,
             model_lock=catalog.model_lock,
+            coming=lambda: self.preparing,
         )
         self.decoder = ThreadPoolExecutor(config.decode_threads, "adaptformer-decode")
         self.active = 0  # /v1/predict requests being handled
+        self.preparing = 0  # ... of which not yet queued (read, decoded): worth a batch's wait
         self.draining = False
         self.metrics.tasks.set(len(catalog.list()))
         self.metrics.queue_depth.set_function(self.batcher.depth)
@@ -130,7 +132,18 @@ class Service:
             return self._count(_error(503, "too many requests in progress", {"Retry-After": "1"}))
         self.active += 1
         try:
-            response = await self._predict(request, start)
+            self.preparing += 1
+            try:
+                images, versions, tensors, top_k = await self._prepare(request)
+            finally:  # no await until submit: the batcher never sees this request twice
+                self.preparing -= 1
+            try:
+                futures = self.batcher.submit([(x, v.adapter) for x in tensors for v in versions])
+            except BaseException:
+                self.catalog.release_versions(versions, len(images))
+                raise
+            logits = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            response = self._answer(images, versions, logits, top_k, start)
         except HTTPException as e:
             response = _error(e.status_code, str(e.detail), dict(e.headers or {}))
         except BadImage as e:
@@ -150,10 +163,12 @@ class Service:
         self.metrics.requests.labels(str(response.status_code)).inc()
         return response
 
-    async def _predict(self, request: Request, start: float) -> Response:
+    async def _prepare(
+        self, request: Request
+    ) -> tuple[list[tuple[str, bytes]], list[TaskVersion], list[torch.Tensor], int]:
+        """Read the request, take its task versions, decode its images on the decode threads."""
         images, tasks, top_k = await self._read(request)
         versions = self.catalog.checkout(tasks, rows_each=len(images))
-        queued = False
         try:
             loop = asyncio.get_running_loop()
             jobs = [
@@ -168,15 +183,22 @@ class Service:
                 for i, (name, data) in enumerate(images)
             ]
             tensors = await asyncio.gather(*jobs)
-            futures = self.batcher.submit([(x, v.adapter) for x in tensors for v in versions])
-            queued = True
-        finally:
-            if not queued:
-                self.catalog.release_versions(versions, len(images))
-        logits = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BaseException:
+            self.catalog.release_versions(versions, len(images))
+            raise
+        return images, versions, tensors, top_k
+
+    def _answer(
+        self,
+        images: list[tuple[str, bytes]],
+        versions: list[TaskVersion],
+        logits: list[torch.Tensor],
+        top_k: int,
+        start: float,
+    ) -> Response:
         seconds = time.perf_counter() - start
         results = []
-        rows = iter(logits)
+        rows = iter(logits)  # submitted image-major: image 0's tasks, then image 1's, ...
         for i, (name, _) in enumerate(images):
             answers = {v.name: _top(next(rows), v, top_k) for v in versions}
             results.append({"image": i, "filename": name, "tasks": answers})
@@ -190,14 +212,14 @@ class Service:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         n = self.config.max_images
         if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            form = await request.form(max_files=n, max_fields=16)
-            images = []
-            for _, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    images.append((value.filename or "", await value.read()))
-            tasks_field = [v for v in form.getlist("tasks") if isinstance(v, str)]
-            tasks: Any = ",".join(tasks_field) if tasks_field else None
-            top_k: Any = form.get("top_k")
+            async with request.form(max_files=n, max_fields=16) as form:  # closes spooled files
+                images = []
+                for _, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        images.append((value.filename or "", await value.read()))
+                tasks_field = [v for v in form.getlist("tasks") if isinstance(v, str)]
+                tasks: Any = ",".join(tasks_field) if tasks_field else None
+                top_k: Any = form.get("top_k")
         elif kind == "application/json":
             try:
                 body = json.loads(await request.body())
@@ -286,7 +308,12 @@ class Service:
     async def healthz(self, request: Request) -> Response:
         status = "draining" if self.draining else "ok"
         return JSONResponse(
-            {"status": status, "tasks": len(self.catalog.list()), "queue": self.batcher.depth()},
+            {
+                "status": status,
+                "tasks": len(self.catalog.list()),
+                "queue": self.batcher.depth(),
+                "preparing": self.preparing,
+            },
             status_code=503 if self.draining else 200,
         )
 
@@ -349,18 +376,17 @@ def _task_names(tasks: Any) -> list[str]:
 
 
 def _top_k(value: Any, default: int) -> int:
+    """``top_k`` from a form string or a JSON number: a whole number in 1..MAX_TOP_K."""
     if value is None or value == "":
         return default
-    try:
-        k = int(value)
-        ok = str(k) == str(value).strip() or isinstance(value, int)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or isinstance(value, bool) or not 1 <= k <= MAX_TOP_K:
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.strip().isdigit()
+    )
+    if not whole or not 1 <= int(value) <= MAX_TOP_K:
         raise HTTPException(
             422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {value!r}"
         )
-    return k
+    return int(value)
 
 
 def _path_name(request: Request) -> str:

@@ -1,9 +1,14 @@
 """Cross-task dynamic batching: a bounded queue of rows and one model thread.
 
 A row is one preprocessed image and the task version that must answer it. The model thread
-takes the oldest row, waits at most ``max_wait`` seconds (counted from that row's arrival) for
-up to ``max_batch`` rows, whatever their tasks, and runs them as ONE mixed-task forward pass
-(:func:`adaptformer.forward_tasks`). This is how one frozen backbone pays off in a service
+takes the oldest row, waits at most ``max_wait`` seconds for up to ``max_batch`` rows, whatever
+their tasks, and runs them as ONE mixed-task forward pass (:func:`adaptformer.forward_tasks`).
+The wait counts from the oldest row's arrival or from the end of the previous pass, whichever is
+later, and lasts only while more rows are on their way (``coming``: requests being read or
+decoded). So a lone request on an idle server runs at once, and under load the model does not
+start a small pass the moment one ends while the next requests are still being decoded: small
+passes of many tasks cost the most per row, and on a shared CPU they also take the cycles the
+decoding needs, which would make the next pass small again. This is how one frozen backbone pays off in a service
 (the same idea as Punica / S-LoRA for language models): requests for eight tasks that arrive
 together cost one backbone pass, not eight.
 
@@ -73,7 +78,8 @@ class Batcher:
         model: the backbone with every served task loaded (eval mode, on ``device``).
         device: where batches are sent.
         max_batch: rows per forward pass at most.
-        max_wait: seconds the oldest row may wait for more rows before its pass starts.
+        max_wait: seconds a pass may be held back for more rows, counted from the oldest row's
+            arrival or the previous pass's end, whichever is later.
         max_queue: rows waiting at most; more is :class:`Overloaded`.
         mode: ``cross-task`` (rows of any tasks share a pass), ``per-task`` (the rows
             collected are run as one pass per task) or ``off`` (one row per pass): the last two
@@ -82,6 +88,8 @@ class Batcher:
         on_done: called on the model thread with the rows of each finished pass (task
             version bookkeeping), after their futures are set.
         model_lock: held during every pass; whoever changes the model's tasks takes it too.
+        coming: how many requests are being read or decoded (their rows are worth waiting
+            for); None waits up to ``max_wait`` in any case.
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class Batcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_done: Callable[[Sequence[Row]], None] | None = None,
         model_lock: threading.RLock | None = None,
+        coming: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or not math.isfinite(max_wait) or max_wait < 0:
             raise ValueError(
@@ -107,13 +116,14 @@ class Batcher:
         self.max_batch = 1 if mode == "off" else max_batch
         self.max_wait = 0.0 if mode == "off" else max_wait
         self.max_queue = max_queue
-        self.on_batch, self.on_done = on_batch, on_done
+        self.on_batch, self.on_done, self.coming = on_batch, on_done, coming
         self.model_lock = model_lock or threading.RLock()
         self._queue: collections.deque[Row] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._hurry = False  # shutting down: run what is queued without waiting for more
         self._seconds_per_row = 0.0  # running estimate, for Retry-After
+        self._free_since = 0.0  # when the last pass ended
         self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
 
     # -- public -----------------------------------------------------------------------------------
@@ -171,8 +181,10 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = self._queue[0].arrived + self.max_wait
+            deadline = max(self._queue[0].arrived, self._free_since) + self.max_wait
             while len(self._queue) < self.max_batch and not (self._stopping or self._hurry):
+                if self.coming is not None and self.coming() == 0:
+                    break  # nobody else is on the way: waiting would only add latency
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
@@ -187,6 +199,7 @@ class Batcher:
                 self._run(rows)
             if self.on_done is not None:
                 self.on_done(batch)
+            self._free_since = time.perf_counter()
 
     def _run(self, rows: list[Row]) -> None:
         start = time.perf_counter()

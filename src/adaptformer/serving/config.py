@@ -27,7 +27,9 @@ class ServeConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     max_batch_size: int = _f(32, "rows (image x task) per forward pass at most")
     max_wait_ms: float = _f(
-        10.0, "how long the oldest queued row waits for more rows before its pass starts"
+        10.0,
+        "how long a pass may wait for more rows while requests are being read or decoded "
+        "(from the oldest row's arrival or the last pass's end, whichever is later)",
     )
     max_queue: int = _f(
         256, "rows waiting for a pass at most (also the number of requests being read); "
