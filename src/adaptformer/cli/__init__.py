@@ -18,6 +18,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "vtab",
     "eval",
     "predict",
+    "serve",
     "tasks",
     "export",
     "models",

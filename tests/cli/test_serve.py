@@ -1,0 +1,55 @@
+"""`adaptformer serve` on the command line: flags, the missing extra, bad settings."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from adaptformer.cli import main
+
+
+def test_help_lists_the_batching_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--registry", "--max-batch-size", "--max-wait-ms", "--max-queue",
+                 "--max-upload-mb", "--batching", "--admin-token-file"):  # fmt: skip
+        assert flag in out
+
+
+def test_without_the_extra_it_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("uvicorn", "multipart") else real(name, *a),
+    )
+    assert main(["serve", "--registry", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "adaptformer: error: `adaptformer serve` needs uvicorn, python-multipart: "
+        "pip install 'adaptformer[serve]'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--max-batch-size", "0"], "--max-batch-size 0"),
+        (["--max-wait-ms", "-1"], "--max-wait-ms -1.0"),
+        (["--max-upload-mb", "0"], "--max-upload-mb 0.0"),
+        (["--port", "70000"], "--port 70000"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(capsys, tmp_path, flags, words):
+    assert main(["serve", "--registry", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adaptformer: error: invalid serve settings") and words in err
+
+
+def test_an_empty_registry_is_refused(capsys, tmp_path):
+    pytest.importorskip("starlette", reason="needs the serve extra")
+    assert main(["serve", "--registry", str(tmp_path / "none")]) == 2
+    assert "is empty: `adaptformer tasks add NAME RUN_DIR` first" in capsys.readouterr().err

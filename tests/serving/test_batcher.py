@@ -1,0 +1,93 @@
+"""The batcher on its own: one mixed pass for rows of many tasks, the two baselines, answers equal
+to offline `forward_tasks`, the bounded queue, and stopping answers what is queued."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import adaptformer as af
+from adaptformer.serving.batcher import Batcher, BatchStats, Overloaded
+
+from ..helpers import tiny_vit
+
+TASKS = {"a": 3, "b": 5, "c": 4}
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    m = tiny_vit(num_classes=0)
+    configs = {"a": af.AdapterConfig(bottleneck=8), "b": af.AdapterConfig(method="lora", bottleneck=4),
+               "c": af.AdapterConfig(method="linear")}  # fmt: skip
+    for name, classes in TASKS.items():
+        af.inject(m, configs[name], name=name, num_classes=classes)
+        with torch.no_grad():
+            for p in af.adapter_parameters(m, name).values():
+                p.normal_(0.0, 0.1)
+    return m.eval()
+
+
+def run_rows(batcher: Batcher, rows: list[tuple[torch.Tensor, str]]) -> list[torch.Tensor]:
+    """Submit every row at once (so they can share passes) and wait for all answers."""
+    batcher.start()
+    try:
+        futures = batcher.submit(rows)
+        return [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "passes"),
+    [("cross-task", [(6, 3)]), ("per-task", [(2, 1)] * 3), ("off", [(1, 1)] * 6)],
+)
+def test_modes_answer_like_offline_forward_tasks(model, mode, passes):
+    x = torch.randn(6, 3, 32, 32)
+    tasks = ["a", "b", "c", "b", "a", "c"]
+    stats: list[BatchStats] = []
+    batcher = Batcher(model, torch.device("cpu"), max_batch=6, max_wait=600, mode=mode,
+                      on_batch=stats.append)  # fmt: skip
+    answers = run_rows(batcher, list(zip(x, tasks, strict=True)))
+    with torch.inference_mode():
+        offline = af.forward_tasks(model, x, tasks).per_sample()
+    for got, want, task in zip(answers, offline, tasks, strict=True):
+        assert got.shape == (TASKS[task],)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert [(s.size, s.tasks) for s in stats] == passes
+
+
+def test_a_full_queue_refuses_all_rows_of_a_request(model):
+    batcher = Batcher(model, torch.device("cpu"), max_batch=8, max_wait=600, max_queue=3)
+    batcher.start()
+    x = torch.randn(3, 32, 32)
+    first = batcher.submit([(x, "a"), (x, "b")])
+    with pytest.raises(Overloaded, match="queue is full") as err:
+        batcher.submit([(x, "a"), (x, "c")])  # 2 more do not fit: none is queued
+    assert err.value.retry_after >= 1 and batcher.depth() == 2
+    batcher.submit([(x, "c")])  # 1 still fits
+    stopper = threading.Thread(target=batcher.stop)
+    stopper.start()  # stopping runs the queued rows now instead of waiting 600 s
+    assert [f.result(timeout=120).shape for f in first] == [(3,), (5,)]
+    stopper.join()
+    with pytest.raises(Overloaded, match="shutting down"):
+        batcher.submit([(x, "a")])
+
+
+def test_a_failing_pass_answers_its_rows_with_the_error(model):
+    batcher = Batcher(model, torch.device("cpu"), max_batch=2, max_wait=0)
+    batcher.start()
+    bad = batcher.submit([(torch.randn(3, 32, 32), "nope")])[0]
+    with pytest.raises(ValueError, match="unknown task"):
+        bad.result(timeout=120)
+    good = batcher.submit([(torch.randn(3, 32, 32), "a")])[0]  # the thread lives on
+    assert good.result(timeout=120).shape == (3,)
+    batcher.stop()
+
+
+def test_settings_are_checked(model):
+    with pytest.raises(ValueError, match="max_batch"):
+        Batcher(model, torch.device("cpu"), max_batch=0)
+    with pytest.raises(ValueError, match="batching mode"):
+        Batcher(model, torch.device("cpu"), mode="sometimes")
