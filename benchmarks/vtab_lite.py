@@ -126,7 +126,7 @@ def _kind(spec: str) -> str:
 
 
 def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
-    """The sweep's finished tuning runs, read from their folders (for a report while it runs)."""
+    """The sweep's finished tuning runs, read from their folders (all of them once it is done)."""
     from adaptformer.training.vtab import GROUPS, Protocol
 
     rows = []
@@ -145,17 +145,6 @@ def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]
                 rows.append({"task": task, "group": GROUPS.get(task, "other"), "method": spec,
                              "base_blr": base_blr, "grid": list(SWEEP_GRID[spec]),
                              "val200_top1": scores})  # fmt: skip
-    return rows
-
-
-def sweep_rows(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
-    """The finished sweep, one row per (task, method), each with its base learning rate."""
-    rows = []
-    for spec in SWEEP_METHODS:
-        base_blr = SWEEP_BASE_BLR[_kind(spec)]
-        for r in collect(data, out, checkpoint, SWEEP_TASKS, [spec], (0,), SWEEP_GRID[spec],
-                         tune_only=True, blr=base_blr):  # fmt: skip
-            rows.append({**r, "base_blr": base_blr, "grid": list(SWEEP_GRID[spec])})
     return rows
 
 
@@ -447,9 +436,13 @@ def main() -> None:
         run_queue(units, w / "logs")
     result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID}
     if "defaults" in args.sections:
-        result["sweep"] = (sweep_so_far if args.partial else sweep_rows)(data, w / "sweep", ck)
+        result["sweep"] = sweep_so_far(data, w / "sweep", ck)
         result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])
         result["sweep_planned"] = len(SWEEP_TASKS) * sum(len(g) for g in SWEEP_GRID.values())
+        if result["sweep_runs"] < result["sweep_planned"] and not args.partial:
+            raise SystemExit(f"the sweep in {w / 'sweep'} has not finished "
+                             f"({result['sweep_runs']} of {result['sweep_planned']} runs); rerun "
+                             "without --report, or report it so far with --partial")  # fmt: skip
     if "table" in args.sections:
         rows = collect(data, w / "runs", ck, TASKS, METHODS, (0,), (1.0,))
         rows += [r for r in collect(data, w / "runs", ck, TASKS, DECIDING, (0, 1), (1.0,))

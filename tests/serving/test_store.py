@@ -187,3 +187,26 @@ def test_add_load_checks_the_task_first(tmp_path, runs, damage):
     with pytest.raises(ValueError, match="not a valid safetensors|NaN or infinite|num_classes="):
         reg.add("alpha", a)
     assert reg.names() == [] and not (reg.root / "alpha").exists()
+
+
+def test_class_names_fall_back_to_indices_for_bad_metadata():
+    from adaptformer.serving.store import class_names
+
+    assert class_names({"classes": ["cat", "dog"]}, 2) == ["cat", "dog"]
+    assert class_names({"classes": ["cat"]}, 2) == ["0", "1"]  # wrong length
+    assert class_names({"classes": {"a": 1, "b": 2}}, 2) == ["0", "1"]  # not a list
+    assert class_names({}, 3) == ["0", "1", "2"]
+
+
+def test_top_k_is_softmax_or_sigmoid_and_never_longer_than_the_row():
+    import torch
+
+    from adaptformer.serving.multitask import top_k
+
+    logits = torch.tensor([0.0, 2.0, 1.0])
+    ranked = top_k(logits, 5, multilabel=False)
+    assert [i for i, _ in ranked] == [1, 2, 0]
+    assert sum(p for _, p in ranked) == pytest.approx(1.0)
+    assert top_k(logits, 1, multilabel=True)[0][1] == pytest.approx(
+        torch.sigmoid(torch.tensor(2.0)).item()
+    )

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.modality import evaluate_split, modality_of
+    from ..training.modality import modality_of
     from ..training.run_folder import load_run
     from ..utils import distributed
     from ..utils.distributed import resolve_device
@@ -27,9 +27,10 @@ def run(args: argparse.Namespace) -> int:
     cfg, model, meta = load_run(args.run, device)
     if args.data_root:
         cfg.data_root = args.data_root
-    data = modality_of(cfg).build_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
-    metrics = evaluate_split(model, data.test, cfg, device, distributed.DistInfo(), "test",
-                             batch_size=args.batch_size, workers=args.workers)  # fmt: skip
+    modality = modality_of(cfg)
+    data = modality.build_data(cfg, {k: meta[k] for k in ("mean", "std", "interpolation")})
+    metrics = modality.evaluate(model, data.test, cfg, device, distributed.DistInfo(), "test",
+                                False, args.batch_size or cfg.batch_size, args.workers)  # fmt: skip
     (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
     return 0

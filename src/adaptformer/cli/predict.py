@@ -39,13 +39,12 @@ def run(args: argparse.Namespace) -> int:
     return _run_tasks(args) if args.tasks else _run_one(args)
 
 
-def _ranked(logits, classes: list[str], k: int, multilabel: bool) -> list[tuple[str, float]]:
-    probs = logits.float().sigmoid() if multilabel else logits.float().softmax(0)
-    top = probs.topk(min(k, len(classes)))
-    return [
-        (classes[i], round(p, 4))
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]
+def _ranked(logits, meta: dict, k: int) -> list[tuple[str, float]]:
+    from ..serving.multitask import top_k
+    from ..serving.store import class_names
+
+    classes = class_names(meta, logits.shape[-1])
+    return [(classes[i], round(p, 4)) for i, p in top_k(logits, k, bool(meta.get("multilabel")))]
 
 
 def _text(ranked: list[tuple[str, float]]) -> str:
@@ -68,12 +67,11 @@ def _run_one(args: argparse.Namespace) -> int:
             "`adaptformer eval --run RUN` on a video list"
         )
     tf = build_eval_transform(cfg.img_size, meta["mean"], meta["std"], meta["interpolation"])
-    classes = meta["classes"]
     for path in args.files:
         x = tf(load_image(path)).unsqueeze(0).to(device)
         with torch.no_grad():
             logits = model(x)[0]
-        ranked = _ranked(logits, classes, args.top_k, bool(meta.get("multilabel")))
+        ranked = _ranked(logits, meta, args.top_k)
         if args.json:
             print(json.dumps({"file": path, "top": ranked}))
         else:
@@ -105,23 +103,10 @@ def _run_tasks(args: argparse.Namespace) -> int:
         with torch.no_grad():
             logits = forward_all_tasks(model, x, names)
         for i, path in enumerate(files):
-            answers = {
-                t: _ranked(
-                    logits[t][i],
-                    _classes(meta[t], logits[t].shape[1]),
-                    args.top_k,
-                    bool(meta[t].get("multilabel")),
-                )
-                for t in names
-            }
+            answers = {t: _ranked(logits[t][i], meta[t], args.top_k) for t in names}
             if args.json:
                 print(json.dumps({"file": path, "tasks": answers}))
             else:
                 for t, ranked in answers.items():
                     print(f"{path} [{t}]: {_text(ranked)}")
     return 0
-
-
-def _classes(meta: dict, width: int) -> list[str]:
-    classes = meta.get("classes")
-    return list(classes) if classes and len(classes) == width else [str(i) for i in range(width)]

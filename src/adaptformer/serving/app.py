@@ -42,6 +42,7 @@ from .catalog import ALL, Catalog, TaskVersion, UnknownTask
 from .config import ServeConfig
 from .images import BadImage, from_base64, preprocess
 from .metrics import ServeMetrics
+from .multitask import top_k
 from .store import check_name
 
 _log = logging.getLogger(__name__)
@@ -350,13 +351,11 @@ class Service:
 
 
 def _top(logits: torch.Tensor, version: TaskVersion, k: int) -> dict[str, Any]:
-    probs = logits.sigmoid() if version.multilabel else logits.softmax(0)
-    top = probs.topk(min(k, probs.numel()))
     return {
         "version": version.version,
         "top": [
             {"label": version.classes[i], "index": i, "prob": p}
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            for i, p in top_k(logits, k, version.multilabel)
         ],
     }
 

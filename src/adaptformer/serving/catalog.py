@@ -29,7 +29,7 @@ from torch import nn
 from ..adapters.files import WEIGHTS_NAME, load_adapter, read_adapter_config
 from ..adapters.inject import delete_adapter
 from .batcher import Row
-from .store import TaskRegistry
+from .store import TaskRegistry, class_names
 
 _log = logging.getLogger(__name__)
 ALL = "all"  # the request keyword for every served task
@@ -231,16 +231,12 @@ class Catalog:
         with self.model_lock:
             load_adapter(self.model, folder, name=adapter)  # checked; unchanged model on error
             self.model.to(self.device).eval()
-        width = int(info["num_classes"])
-        classes = meta.get("classes")
         version = TaskVersion(
             name=name,
             adapter=adapter,
             version=digest,
             method=info["config"]["method"],
-            classes=[str(c) for c in classes]
-            if isinstance(classes, list) and len(classes) == width
-            else [str(i) for i in range(width)],
+            classes=class_names(meta, int(info["num_classes"])),
             multilabel=bool(meta.get("multilabel")),
             loaded=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=source,

@@ -181,3 +181,11 @@ def _check(model: nn.Module, x: torch.Tensor, tasks: list[str]) -> None:
             "mixed-task batches cannot use gradient checkpointing (the recomputation in backward "
             "runs after the routing is gone); call model.set_grad_checkpointing(False)"
         )
+
+
+def top_k(logits: torch.Tensor, k: int, multilabel: bool) -> list[tuple[int, float]]:
+    """The ``k`` most likely outputs of one row's logits as ``(index, probability)``: sigmoid
+    for multi-label tasks, softmax otherwise (``adaptformer predict`` and the server)."""
+    probs = logits.float().sigmoid() if multilabel else logits.float().softmax(0)
+    top = probs.topk(min(k, probs.numel()))
+    return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))

@@ -258,6 +258,15 @@ class TaskRegistry:
 _REBUILD = "fix or delete registry.json and add the tasks again"
 
 
+def class_names(meta: dict[str, Any], width: int) -> list[str]:
+    """A task's label names from its metadata, or ``"0"``, ``"1"``, ... when the (untrusted)
+    metadata holds no list of exactly ``width`` names."""
+    classes = meta.get("classes")
+    if isinstance(classes, list) and len(classes) == width:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(width)]
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid task name (the whole of it: letters, digits, ``-``, ``_``)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):

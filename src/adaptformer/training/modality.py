@@ -89,21 +89,3 @@ def data_stats(model: nn.Module) -> dict[str, Any]:
         "std": list(data_cfg["std"]),
         "interpolation": data_cfg.get("interpolation", "bicubic"),
     }
-
-
-def evaluate_split(
-    model: nn.Module,
-    dataset: Any,
-    cfg: TrainConfig,
-    device: torch.device,
-    info: DistInfo,
-    prefix: str,
-    progress: bool = False,
-    batch_size: int | None = None,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Exact metrics of ``dataset`` with the run's batch size and workers unless given."""
-    return modality_of(cfg).evaluate(
-        model, dataset, cfg, device, info, prefix, progress,
-        batch_size or cfg.batch_size, cfg.workers if workers is None else workers,
-    )  # fmt: skip

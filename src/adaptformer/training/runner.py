@@ -32,7 +32,7 @@ from ..utils.distributed import resolve_device
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
-from .modality import data_stats, evaluate_split, modality_of
+from .modality import Modality, data_stats, modality_of
 from .run_folder import (
     CHECKPOINT,
     TASK,
@@ -105,6 +105,13 @@ class Run:
     data: Any  # the modality's splits: DataSplits (images) or VideoDataSplits
     stats: dict[str, Any]
     fingerprint: str
+    modality: Modality  # image or video, chosen once
+
+    def evaluate(self, model: nn.Module, dataset: Any, prefix: str, progress: bool) -> dict:
+        """Exact metrics of ``dataset`` with the run's batch size and workers."""
+        cfg = self.cfg
+        return self.modality.evaluate(model, dataset, cfg, self.device, self.info, prefix,
+                                      progress, cfg.batch_size, cfg.workers)  # fmt: skip
 
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
@@ -160,7 +167,7 @@ def _fit(
             if not resume:
                 cfg.save(out / "config.yaml")
         dist_utils.barrier()
-        run = Run(cfg, out, device, info, model, data, stats, fingerprint)
+        run = Run(cfg, out, device, info, model, data, stats, fingerprint, modality)
         return _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(), progress)
 
 
@@ -199,7 +206,7 @@ def _train(
             num_workers=cfg.workers,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
             pin_memory=device.type == "cuda",
-            collate_fn=modality_of(cfg).collate(),
+            collate_fn=run.modality.collate(),
         )
         t0 = time.time()
         row: dict[str, Any] = {"epoch": epoch}
@@ -208,9 +215,9 @@ def _train(
             cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress,
         )  # fmt: skip
         if run.data.val is not None:
-            row |= evaluate_split(ddp, run.data.val, cfg, device, info, "val", progress)
+            row |= run.evaluate(ddp, run.data.val, "val", progress)
         if cfg.test_every_epoch:
-            row |= evaluate_split(ddp, run.data.test, cfg, device, info, "test", progress)
+            row |= run.evaluate(ddp, run.data.test, "test", progress)
         row["seconds"] = time.time() - t0
         score, loss = row.get("val_top1", row.get("val_mAP")), row.get("val_loss")
         if improves(score, loss, best):
@@ -328,7 +335,7 @@ def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:
 def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
     cfg, model = run.cfg, run.model
     _load_task_state(model, best["state"])
-    test = evaluate_split(model, run.data.test, cfg, run.device, run.info, "test", progress)
+    test = run.evaluate(model, run.data.test, "test", progress)
     summary: dict[str, Any] = {}
     if run.info.is_main:
         metadata = {
