@@ -5,7 +5,7 @@ AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
 https://github.com/ShoufaChen/AdaptFormer).
 """
 
-from .adapters.config import METHODS, AdapterConfig
+from .adapters.config import ADAPTER_PRESETS, METHODS, AdapterConfig, method_rule
 from .adapters.files import load_adapter, read_adapter_config, save_adapter
 from .adapters.inject import delete_adapter, disable_adapters, get_head, inject, set_adapter
 from .adapters.trainable import (
@@ -24,6 +24,7 @@ from .serving.store import TaskRegistry
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADAPTER_PRESETS",
     "METHODS",
     "AdapterConfig",
     "MultiTaskModel",
@@ -43,6 +44,7 @@ __all__ = [
     "load_adapter",
     "load_backbone_weights",
     "mark_trainable",
+    "method_rule",
     "read_adapter_config",
     "read_state_dict",
     "resolve_checkpoint",

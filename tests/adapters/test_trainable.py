@@ -14,19 +14,19 @@ X = torch.randn(4, 3, 32, 32)
 Y = torch.tensor([0, 1, 2, 3])
 
 
+_TASK = (".adaptmlp.", ".attn_adapter.", ".prompts.", ".lora_", "task_heads.")
+
+
 def _expected(name: str, method: str) -> bool:
     head = name.startswith("head.")
+    if af.method_rule(method).bottleneck_adapter:
+        return head or ".adaptmlp.t." in name or ".attn_adapter.t." in name
     return {
-        "adaptformer": head or ".adaptmlp.t." in name,
         "vpt": head or ".prompts.t" in name,
         "lora": head or ".lora_A.t." in name or ".lora_B.t." in name,
         "linear": head,
-        "full": not any(s in name for s in (".adaptmlp.", ".prompts.", ".lora_", "task_heads.")),
-        "bitfit": head
-        or (
-            name.endswith("bias")
-            and not any(s in name for s in (".adaptmlp.", ".lora_", "task_heads."))
-        ),
+        "full": not any(s in name for s in _TASK),
+        "bitfit": head or (name.endswith("bias") and not any(s in name for s in _TASK)),
     }[method]
 
 

@@ -4,6 +4,11 @@ AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
 (Chen et al., NeurIPS 2022, https://arxiv.org/abs/2205.13535). Reference code:
 https://github.com/ShoufaChen/AdaptFormer. Defaults are the paper's main image setting.
 
+The bottleneck-adapter family (AdaptFormer, Adapter+, Houlsby, Pfeiffer) is one AdaptMLP with
+knobs (where it sits, its scale, init, activation, drop-path). A named method is a preset of
+those knobs (:data:`ADAPTER_PRESETS`); a knob left unset (None) takes the method's preset value,
+a knob given explicitly wins, so ``--method adapter_plus --bottleneck 32`` is Adapter+ at r=32.
+
 Every field's help text lives once, in its ``metadata["help"]``; the CLI reads it from there.
 """
 
@@ -17,7 +22,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["adaptformer", "linear", "full", "vpt", "lora", "bitfit"]
+Method = Literal[
+    "adaptformer", "adapter_plus", "houlsby", "pfeiffer", "linear", "full", "vpt", "lora", "bitfit"
+]
+Position = Literal["parallel", "sequential", "post", "houlsby"]
+POSITIONS: tuple[str, ...] = ("parallel", "sequential", "post", "houlsby")
+INITS: tuple[str, ...] = ("lora", "houlsby", "bert")
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "silu")
+
+
+@dataclass(frozen=True)
+class AdapterPreset:
+    """The published settings of one bottleneck adapter (what ``--method NAME`` fills in)."""
+
+    bottleneck: int
+    position: Position
+    scale: float | Literal["learnable", "channel"]
+    init: Literal["lora", "houlsby", "bert"]
+    activation: Literal["relu", "gelu", "silu"]
+    dropout: float
+    drop_path: float
+    layernorm: Literal["none", "in", "out"]
+    paper: str
+
+
+# Each row follows its paper *and* the code the paper's numbers came from; where they differ
+# the code wins and docs/adapters.md says so.
+ADAPTER_PRESETS: dict[str, AdapterPreset] = {
+    # Chen et al., NeurIPS 2022 (github.com/ShoufaChen/AdaptFormer): beside the MLP, s=0.1.
+    "adaptformer": AdapterPreset(
+        64, "parallel", 0.1, "lora", "relu", 0.1, 0.0, "none",
+        "AdaptFormer (Chen et al., NeurIPS 2022)",
+    ),
+    # Steitz & Roth, CVPR 2024 (pypi adapter-plus, AdapterHub AdapterPlusConfig): after the
+    # block, per-channel learnable scale, Houlsby init, no LayerNorm, adapter drop-path 0.1, r=8.
+    "adapter_plus": AdapterPreset(
+        8, "post", "channel", "houlsby", "gelu", 0.0, 0.1, "none",
+        "Adapter+ (Steitz & Roth, CVPR 2024)",
+    ),
+    # Houlsby et al., ICML 2019: one adapter after attention and one after the MLP, inside the
+    # residual, near-identity init (trunc-normal std 0.01 as in adapter-plus), GELU as in the
+    # paper's code (AdapterHub's DoubleSeqBnConfig defaults to swish: --activation silu).
+    "houlsby": AdapterPreset(
+        8, "houlsby", 1.0, "houlsby", "gelu", 0.0, 0.0, "none",
+        "Houlsby et al. (ICML 2019)",
+    ),
+    # Pfeiffer et al., EACL 2021 (AdapterHub SeqBnConfig): one adapter after the MLP reading the
+    # block output, ReLU, BERT init (normal std 0.02), reduction factor 16 (r=48 at ViT-B's 768).
+    "pfeiffer": AdapterPreset(
+        48, "post", 1.0, "bert", "relu", 0.0, 0.0, "none",
+        "Pfeiffer et al. (EACL 2021)",
+    ),
+}
+PRESET_FIELDS: tuple[str, ...] = (
+    "bottleneck", "position", "scale", "init", "activation", "dropout", "drop_path", "layernorm"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,10 +88,14 @@ class MethodRule:
     adds_modules: bool  # per-task modules inside the backbone (AdaptMLP, prompts, LoRA)
     trains_backbone: Literal["all", "biases"] | None  # shared backbone weights it changes
     size_field: str | None  # the field a size suffix sets: ``adaptformer-64``, ``vpt-10``
+    bottleneck_adapter: bool = False  # builds AdaptMLPs (the adapter family, ADAPTER_PRESETS)
 
 
+_ADAPTER_RULE = MethodRule(
+    adds_modules=True, trains_backbone=None, size_field="bottleneck", bottleneck_adapter=True
+)
 METHOD_RULES: dict[str, MethodRule] = {
-    "adaptformer": MethodRule(adds_modules=True, trains_backbone=None, size_field="bottleneck"),
+    **{name: _ADAPTER_RULE for name in ADAPTER_PRESETS},
     "linear": MethodRule(adds_modules=False, trains_backbone=None, size_field=None),
     "full": MethodRule(adds_modules=False, trains_backbone="all", size_field=None),
     "vpt": MethodRule(adds_modules=True, trains_backbone=None, size_field="prompt_tokens"),
@@ -51,11 +114,12 @@ def method_rule(method: str) -> MethodRule:
 def parse_method_spec(spec: str) -> dict[str, Any]:
     """``adaptformer-64`` -> ``{"method": "adaptformer", "bottleneck": 64}``; ``vpt-10`` -> ten
     prompt tokens; ``full`` -> ``{"method": "full"}``."""
-    m = re.fullmatch(r"([a-z]+)(?:-(\d+))?", spec)
+    m = re.fullmatch(r"([a-z_]+)(?:-(\d+))?", spec)
     if not m or m.group(1) not in METHOD_RULES:
         raise ValueError(
-            f"method {spec!r}: use one of {', '.join(METHODS)}, with a size for "
-            "adaptformer-R, lora-R (bottleneck/rank R) and vpt-N (N prompt tokens)"
+            f"method {spec!r}: use one of {', '.join(METHODS)}, with a size for the adapters "
+            "(adaptformer-R, adapter_plus-R, ...: bottleneck R), lora-R (rank R) and vpt-N "
+            "(N prompt tokens)"
         )
     method, size = m.group(1), m.group(2)
     if size is None:
@@ -67,8 +131,12 @@ def parse_method_spec(spec: str) -> dict[str, Any]:
     return {"method": method, field_name: int(size)}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, default: str | None = None) -> dict[str, str]:
+    """Field metadata: its help, and how to describe a None default (``per method``)."""
+    return {"help": text} if default is None else {"help": text, "default_text": default}
+
+
+_PER_METHOD = "the method's preset"
 
 
 def is_finite_number(x: Any) -> bool:
@@ -88,30 +156,66 @@ class AdapterConfig:
     method: Method = field(
         default="adaptformer",
         metadata=_help(
-            "adaptformer (AdaptMLP beside each MLP), linear (head only), full (everything), "
+            "adaptformer (AdaptMLP beside each MLP), adapter_plus / houlsby / pfeiffer (the "
+            "bottleneck adapters of those papers), linear (head only), full (everything), "
             "vpt (learnable prompt tokens), lora (low-rank update of attention qkv), "
             "bitfit (biases only)"
         ),
     )
-    bottleneck: int = field(
-        default=64,
-        metadata=_help("AdaptMLP hidden width r (adaptformer) or LoRA rank (lora)"),
+    bottleneck: int | None = field(
+        default=None,
+        metadata=_help(
+            "adapter hidden width r or LoRA rank (adaptformer 64, adapter_plus 8, houlsby 8, "
+            "pfeiffer 48, lora 64)",
+            _PER_METHOD,
+        ),
     )
-    scale: float | Literal["learnable"] = field(
-        default=0.1,
-        metadata=_help("fixed multiplier s on the AdaptMLP output, or 'learnable' (init 1.0)"),
+    scale: float | Literal["learnable", "channel"] | None = field(
+        default=None,
+        metadata=_help(
+            "multiplier on the adapter output: a number (adaptformer 0.1), 'learnable' (one "
+            "scalar, init 1) or 'channel' (a learnable vector, init ones: Adapter+)",
+            _PER_METHOD,
+        ),
     )
-    dropout: float = field(
-        default=0.1,
-        metadata=_help("dropout after the AdaptMLP ReLU (0.1 images, 0.0 video in the paper)"),
+    dropout: float | None = field(
+        default=None,
+        metadata=_help(
+            "dropout after the adapter activation (adaptformer 0.1 images, 0.0 video)", _PER_METHOD
+        ),
     )
-    layernorm: Literal["none", "in", "out"] = field(
-        default="none",
-        metadata=_help("LayerNorm inside the AdaptMLP: none (paper), in (before down), out"),
+    layernorm: Literal["none", "in", "out"] | None = field(
+        default=None,
+        metadata=_help(
+            "LayerNorm inside the adapter: none (all presets), in (before down), out", _PER_METHOD
+        ),
     )
-    position: Literal["parallel", "sequential"] = field(
-        default="parallel",
-        metadata=_help("parallel: beside the MLP (paper); sequential: after the MLP (ablation)"),
+    position: Position | None = field(
+        default=None,
+        metadata=_help(
+            "parallel: beside the MLP, reading the stream after attention (AdaptFormer); "
+            "sequential: on the MLP output; post: after the whole block, x + s*A(x) (Adapter+, "
+            "Pfeiffer); houlsby: two adapters, on the attention and on the MLP output",
+            _PER_METHOD,
+        ),
+    )
+    init: Literal["lora", "houlsby", "bert"] | None = field(
+        default=None,
+        metadata=_help(
+            "lora: down kaiming-uniform, up zero (exact at init; adaptformer); houlsby: both "
+            "trunc-normal std 0.01, zero biases; bert: both normal std 0.02 (AdapterHub)",
+            _PER_METHOD,
+        ),
+    )
+    activation: Literal["relu", "gelu", "silu"] | None = field(
+        default=None,
+        metadata=_help("adapter activation: relu (adaptformer, pfeiffer), gelu, silu", _PER_METHOD),
+    )
+    drop_path: float | None = field(
+        default=None,
+        metadata=_help(
+            "stochastic depth on the adapter output, per sample (adapter_plus 0.1)", _PER_METHOD
+        ),
     )
     layers: list[int] | None = field(
         default=None,
@@ -139,6 +243,12 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)
+        # Unset knobs take the method's preset; methods outside the adapter family keep
+        # AdaptFormer's (so ``lora`` still means rank 64 and old configs read back unchanged).
+        preset = ADAPTER_PRESETS.get(self.method, ADAPTER_PRESETS["adaptformer"])
+        for name in PRESET_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(preset, name))
         problems = list(self._problems())
         if problems:
             raise ValueError("invalid AdapterConfig: " + "; ".join(problems))
@@ -148,14 +258,23 @@ class AdapterConfig:
             yield f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}"
         if not _is_positive_int(self.bottleneck):
             yield f"bottleneck={self.bottleneck!r} must be a positive integer (paper: 64)"
-        if self.scale != "learnable" and not is_finite_number(self.scale):
-            yield f"scale={self.scale!r} must be a finite number (paper: 0.1) or 'learnable'"
-        if not is_finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            yield f"dropout={self.dropout!r} must be in [0, 1)"
-        if self.layernorm not in ("none", "in", "out"):
-            yield f"layernorm={self.layernorm!r} must be 'none', 'in' or 'out'"
-        if self.position not in ("parallel", "sequential"):
-            yield f"position={self.position!r} must be 'parallel' or 'sequential'"
+        if self.scale not in ("learnable", "channel") and not is_finite_number(self.scale):
+            yield (
+                f"scale={self.scale!r} must be a finite number (paper: 0.1), 'learnable' or "
+                "'channel'"
+            )
+        for name in ("dropout", "drop_path"):
+            value = getattr(self, name)
+            if not is_finite_number(value) or not 0.0 <= value < 1.0:
+                yield f"{name}={value!r} must be in [0, 1)"
+        for name, allowed in (
+            ("layernorm", ("none", "in", "out")),
+            ("position", POSITIONS),
+            ("init", INITS),
+            ("activation", ACTIVATIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                yield f"{name}={getattr(self, name)!r} must be one of {', '.join(allowed)}"
         if self.layers is not None:
             items = self.layers if isinstance(self.layers, list) else [None]
             bad = [i for i in items if not isinstance(i, int) or isinstance(i, bool)]

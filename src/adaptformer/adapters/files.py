@@ -27,7 +27,7 @@ from ..utils.files import (
     safetensors_header,
 )
 from ..utils.state_dicts import clip, key_shape_problems
-from .config import AdapterConfig, is_finite_number
+from .config import AdapterConfig, is_finite_number, method_rule
 from .inject import (
     adapter_pieces,
     adapter_state,
@@ -225,7 +225,7 @@ def _size_problems(
     expect: dict[str, tuple[str, int]] = {}  # key suffix -> (config field, first dimension)
     if num_classes > 0:
         expect[head] = ("num_classes", num_classes)
-    if config.method == "adaptformer":
+    if method_rule(config.method).bottleneck_adapter:
         expect[".adaptmlp.down_proj.weight"] = ("bottleneck", config.bottleneck)
     elif config.method == "lora":
         expect[".lora_A.weight"] = ("bottleneck", config.bottleneck)

@@ -1,4 +1,4 @@
-"""Put named adapters (AdaptMLP, VPT prompts, LoRA, task heads) into a timm Vision Transformer.
+"""Put named adapters (AdaptMLPs, VPT prompts, LoRA, task heads) into a timm Vision Transformer.
 
 Each supported transformer block is replaced by an :class:`AdaptedBlock` that adopts the
 block's own submodules under their own names, so every backbone key (``blocks.3.attn.qkv.weight``)
@@ -23,7 +23,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import AdapterConfig
+from .config import AdapterConfig, method_rule
 from .layers import AdaptMLP, LoRALinear, make_head, make_prompts
 
 _log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class AdaptedBlock(nn.Module):
         for part in _BLOCK_PARTS:
             self.add_module(part, getattr(block, part))
         self.adaptmlp = nn.ModuleDict()
+        # The first adapter of the houlsby position (on the attention output); the second one,
+        # on the MLP output, is the task's ``adaptmlp`` entry.
+        self.attn_adapter = nn.ModuleDict()
         self.prompts = nn.ParameterDict()
         self.num_prefix_tokens = num_prefix_tokens
         # Shallow VPT: prompts inserted at one block, kept, and removed after the last block.
@@ -77,24 +80,39 @@ class AdaptedBlock(nn.Module):
     ) -> torch.Tensor:
         """timm's two pre-norm residual steps plus the adapter outputs ``delta`` returns.
 
-        The one place the AdaptFormer rule is written, for a single task and for mixed-task
-        batches alike: ``delta("parallel", x)`` reads the stream after attention, before
-        ``norm2`` (the reference code; the paper's figure is wrong), ``delta("sequential", mlp)``
-        reads the MLP output; both are added outside drop-path and layer-scale.
+        The one place the adapter family's rules are written, for a single task and for
+        mixed-task batches alike. ``delta(point, src)`` is the update of the adapters reading
+        ``point`` (None if there are none); every update lands outside drop-path and layer-scale:
+
+        - ``attn``: reads the attention branch, added before the MLP (Houlsby's first adapter);
+        - ``parallel``: reads the stream after attention, before ``norm2`` (AdaptFormer, from its
+          reference code; the paper's figure is wrong), added to the block output;
+        - ``sequential``: reads the MLP branch, added to the block output (Houlsby's second);
+        - ``post``: reads the block output and adds to it, ``x + s*A(x)`` (Adapter+, Pfeiffer).
         """
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attn_kwargs)))
+        a = self.drop_path1(self.ls1(self.attn(self.norm1(x), **attn_kwargs)))
+        d = delta("attn", a)
+        x = x + a if d is None else x + a + d
         mlp = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         out = x + mlp
-        for position, src in (("parallel", x), ("sequential", mlp)):
-            d = delta(position, src)
+        for point, src in (("parallel", x), ("sequential", mlp)):
+            d = delta(point, src)
             if d is not None:
                 out = out + d
-        return out
+        d = delta("post", out)
+        return out if d is None else out + d
+
+    def adapters_of(self, name: str | None) -> list[nn.Module]:
+        """Task ``name``'s adapters in this block (none, one, or two for houlsby)."""
+        if name is None:
+            return []
+        return [d[name] for d in (self.attn_adapter, self.adaptmlp) if name in d]
 
     def remove(self, name: str) -> None:
         """Forget task ``name``'s AdaptMLP and prompts (nothing happens if it has none here)."""
-        if name in self.adaptmlp:
-            del self.adaptmlp[name]
+        for d in (self.adaptmlp, self.attn_adapter):
+            if name in d:
+                del d[name]
         if name in self.prompts:
             del self.prompts[name]
         self.keep_prompts.discard(name)
@@ -117,10 +135,10 @@ class AdaptedBlock(nn.Module):
             kwargs["attn_mask"] = attn_mask
         if is_causal:
             kwargs["is_causal"] = True
-        adapter = self.adaptmlp[name] if name is not None and name in self.adaptmlp else None
+        adapters = {a.reads: a for a in self.adapters_of(name)}
 
-        def delta(position: str, src: torch.Tensor) -> torch.Tensor | None:
-            return adapter(src) if adapter is not None and adapter.position == position else None
+        def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
+            return adapters[point](src) if point in adapters else None
 
         x = self.residual(x, delta, kwargs)
         if prompts is not None and name not in self.keep_prompts:
@@ -234,9 +252,11 @@ def inject(
         if not isinstance(blocks[i], AdaptedBlock):
             blocks[i] = AdaptedBlock(blocks[i], prefix)
     embed_dim = int(getattr(model, "embed_dim", dim))
-    if config.method == "adaptformer":
+    if method_rule(config.method).bottleneck_adapter:
         for i in layers:
             blocks[i].adaptmlp[name] = AdaptMLP(embed_dim, config)
+            if config.position == "houlsby":
+                blocks[i].attn_adapter[name] = AdaptMLP(embed_dim, config, reads="attn")
     elif config.method == "vpt":
         if config.prompt_mode == "deep":
             for i in layers:
@@ -288,13 +308,16 @@ def _adapted_modules(model: nn.Module) -> Iterator[nn.Module]:
 def adapter_pieces(model: nn.Module, name: str) -> Iterator[tuple[str, nn.Module | nn.Parameter]]:
     """Every piece adapter ``name`` added to the backbone, with its path minus the task name.
 
-    ``blocks.3.adaptmlp`` (an AdaptMLP), ``blocks.3.prompts`` (a Parameter),
+    ``blocks.3.adaptmlp`` (an AdaptMLP), ``blocks.3.attn_adapter`` (Houlsby's first AdaptMLP),
+    ``blocks.3.prompts`` (a Parameter),
     ``blocks.3.attn.qkv.lora_A`` and ``.lora_B`` (Linears). This is the one walk over adapted
     modules: parameter names inside the model are ``<path>.<name>[.<key>]``, the keys of a task
     file ``<path>[.<key>]``.
     """
     for path, m in unwrap(model).named_modules():
         if isinstance(m, AdaptedBlock):
+            if name in m.attn_adapter:
+                yield f"{path}.attn_adapter", m.attn_adapter[name]
             if name in m.adaptmlp:
                 yield f"{path}.adaptmlp", m.adaptmlp[name]
             if name in m.prompts:

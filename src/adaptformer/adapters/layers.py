@@ -2,7 +2,8 @@
 
 AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition
 (Chen et al., NeurIPS 2022, https://arxiv.org/abs/2205.13535); AdaptMLP follows
-``Adapter`` in https://github.com/ShoufaChen/AdaptFormer/blob/main/models/adapter.py.
+``Adapter`` in https://github.com/ShoufaChen/AdaptFormer/blob/main/models/adapter.py and, for
+the rest of the family (Adapter+, Houlsby, Pfeiffer), ``Adapter`` in the adapter-plus package.
 """
 
 from __future__ import annotations
@@ -16,39 +17,73 @@ from torch import nn
 from .config import AdapterConfig
 
 
-class AdaptMLP(nn.Module):
-    """``down (d->r) -> ReLU -> dropout -> up (r->d) -> * scale``, with optional LayerNorm.
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
-    ``up_proj`` starts at zero ("lora" init in the reference), so at step 0 the adapter adds
-    exactly nothing and the adapted model equals the pretrained one.
+
+class AdaptMLP(nn.Module):
+    """``[LN] -> down (d->r) -> act -> dropout -> up (r->d) -> drop-path -> * scale [-> LN]``.
+
+    One module for the whole bottleneck-adapter family; the order of operations is that of
+    AdaptFormer's ``Adapter`` and of adapter-plus's ``Adapter`` (which agree where they overlap).
+    With the ``lora`` init ``up_proj`` starts at zero, so at step 0 the adapter adds exactly
+    nothing and the adapted model equals the pretrained one; the ``houlsby`` and ``bert`` inits
+    start near (not at) zero, as in their papers.
+
+    ``reads`` is the point of the block it reads and writes (``AdaptedBlock.residual``):
+    ``parallel`` / ``sequential`` / ``post``, or ``attn`` for the first adapter of the
+    ``houlsby`` position.
     """
 
-    def __init__(self, dim: int, config: AdapterConfig) -> None:
+    def __init__(self, dim: int, config: AdapterConfig, reads: str | None = None) -> None:
         super().__init__()
-        self.position = config.position
+        assert config.bottleneck is not None and config.scale is not None
+        self.reads = reads or ("sequential" if config.position == "houlsby" else config.position)
         self.layernorm = config.layernorm
         self.dropout = config.dropout
+        self.drop_path = config.drop_path
+        self.activation = config.activation
+        self.init = config.init
         if config.layernorm != "none":
             self.layer_norm = nn.LayerNorm(dim)
         self.down_proj = nn.Linear(dim, config.bottleneck)
         self.up_proj = nn.Linear(config.bottleneck, dim)
         if config.scale == "learnable":
             self.scale = nn.Parameter(torch.ones(1))  # the reference initialises it at 1.0
+        elif config.scale == "channel":
+            self.scale = nn.Parameter(torch.ones(dim))  # Adapter+: one learnable gain per channel
         else:
             self.register_buffer("scale", torch.tensor(float(config.scale)), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.down_proj.weight, a=math.sqrt(5))  # nn.Linear's default
         nn.init.zeros_(self.down_proj.bias)
-        nn.init.zeros_(self.up_proj.weight)  # zero update at init: adapted == pretrained
         nn.init.zeros_(self.up_proj.bias)
+        if self.init == "lora":
+            nn.init.kaiming_uniform_(self.down_proj.weight, a=math.sqrt(5))  # nn.Linear's default
+            nn.init.zeros_(self.up_proj.weight)  # zero update at init: adapted == pretrained
+        elif self.init == "houlsby":  # near-identity adapter: both weights tiny (Houlsby 2019)
+            for w in (self.down_proj.weight, self.up_proj.weight):
+                nn.init.trunc_normal_(w, std=0.01, a=-0.02, b=0.02)
+        else:  # "bert": AdapterHub's default
+            for w in (self.down_proj.weight, self.up_proj.weight):
+                nn.init.normal_(w, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm(x) if self.layernorm == "in" else x
-        h = F.dropout(F.relu(self.down_proj(h)), p=self.dropout, training=self.training)
-        h = self.up_proj(h) * self.scale
+        h = _ACTIVATIONS[self.activation](self.down_proj(h))
+        h = F.dropout(h, p=self.dropout, training=self.training)
+        h = self.up_proj(h)
+        if self.training and self.drop_path > 0:
+            h = _drop_path(h, self.drop_path)
+        h = h * self.scale
         return self.layer_norm(h) if self.layernorm == "out" else h
+
+
+def _drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth: zero the whole update of a sample with probability p, scale the rest by
+    1/(1-p) (timm's ``drop_path``; per row, so mixed-task batches draw per sample as well)."""
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
 
 
 class LoRALinear(nn.Linear):

@@ -107,10 +107,10 @@ class TaskRouting:
         kwargs = {}
         if valid is not None and not full:
             kwargs["attn_mask"] = _key_padding_bias(valid, n, x)
-        adapters = {t: block.adaptmlp[t] for t in names if t in block.adaptmlp}
+        adapters = {t: block.adapters_of(t) for t in names}
 
-        def delta(position: str, src: torch.Tensor) -> torch.Tensor | None:
-            fns = {t: a for t, a in adapters.items() if a.position == position}
+        def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
+            fns = {t: a for t, mods in adapters.items() for a in mods if a.reads == point}
             return self.apply(fns, src) if fns else None  # each row its own task's adapter
 
         x = block.residual(x, delta, kwargs)

@@ -33,6 +33,7 @@ def add_dataclass_flags(
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = f.metadata.get("default_text", default)  # e.g. "the method's preset"
         kwargs["help"] = f"{help_text} (default: {default})"
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..adapters.config import METHODS, AdapterConfig
+from ..adapters.config import ACTIVATIONS, INITS, METHODS, POSITIONS, AdapterConfig
 from ..data.config import DATASETS
 from ..utils.files import read_yaml_mapping
 
@@ -31,10 +31,15 @@ WARMUP_FRACTION = 0.1
 # largest point lost, so none of these sits on the edge of what was measured (docs/results.md
 # lists every point). AdaptFormer's is 4x LoRA's: its output is scaled by 0.1, which AdamW's
 # step size does not see. SGD: the paper's blr 0.1 for the methods that train few parameters;
-# full fine-tuning collapses at 0.1, so it gets a tenth of it.
+# full fine-tuning collapses at 0.1, so it gets a tenth of it. The other adapters (adapter_plus,
+# houlsby, pfeiffer) have not been swept yet: they start from LoRA's value, whose update has the
+# same unit scale (no 0.1 multiplier), until their sweep lands.
 DEFAULT_BLR: dict[str, dict[str, float]] = {
     "adamw": {
         "adaptformer": 4.8e-2,
+        "adapter_plus": 1.2e-2,
+        "houlsby": 1.2e-2,
+        "pfeiffer": 1.2e-2,
         "linear": 0.36,
         "full": 4e-4,
         "vpt": 3.6e-2,
@@ -43,6 +48,9 @@ DEFAULT_BLR: dict[str, dict[str, float]] = {
     },
     "sgd": {
         "adaptformer": 0.1,
+        "adapter_plus": 0.1,
+        "houlsby": 0.1,
+        "pfeiffer": 0.1,
         "linear": 0.1,
         "full": 0.01,
         "vpt": 0.1,
@@ -54,7 +62,7 @@ DEFAULT_BLR: dict[str, dict[str, float]] = {
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
     choices, parse = kwargs.pop("choices", None), kwargs.pop("parse", None)
-    meta: dict[str, Any] = {"help": help}
+    meta: dict[str, Any] = {"help": help, **kwargs}
     if choices:
         meta["choices"] = choices
     if parse:
@@ -71,12 +79,13 @@ def _a(name: str, **meta: Any) -> Any:
     """A ``TrainConfig`` field that is AdapterConfig's field ``name``: same default, same help."""
     f = _ADAPTER_FIELDS[name]
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    return _f(default, f.metadata["help"], **meta)
+    extra = {k: v for k, v in f.metadata.items() if k != "help"}  # e.g. default_text
+    return _f(default, f.metadata["help"], **extra, **meta)
 
 
 def parse_scale(text: str) -> float | str:
-    """``--scale 0.1`` or ``--scale learnable``."""
-    return "learnable" if text == "learnable" else _float(text, "scale")
+    """``--scale 0.1``, ``--scale learnable`` or ``--scale channel``."""
+    return text if text in ("learnable", "channel") else _float(text, "scale")
 
 
 @dataclass
@@ -136,13 +145,18 @@ class TrainConfig:
     # method: every AdapterConfig field, its help written once (in AdapterConfig); ``dropout``
     # is ``adapter_dropout`` here, because its default depends on images vs video.
     method: str = _a("method", choices=list(METHODS))
-    bottleneck: int = _a("bottleneck")
-    scale: float | str = _a("scale", parse=parse_scale)
+    bottleneck: int | None = _a("bottleneck")
+    scale: float | str | None = _a("scale", parse=parse_scale)
     adapter_dropout: float | None = _f(
-        None, "dropout inside the AdaptMLP; None: the paper's 0.1 for images, 0.0 for video"
+        None,
+        "dropout inside the adapter; unset: the method's preset for images (adaptformer 0.1), "
+        "0.0 for video (the paper's video setting)",
     )
-    layernorm: str = _a("layernorm", choices=["none", "in", "out"])
-    position: str = _a("position", choices=["parallel", "sequential"])
+    layernorm: str | None = _a("layernorm", choices=["none", "in", "out"])
+    position: str | None = _a("position", choices=list(POSITIONS))
+    init: str | None = _a("init", choices=list(INITS))
+    activation: str | None = _a("activation", choices=list(ACTIVATIONS))
+    drop_path: float | None = _a("drop_path")
     layers: list[int] | None = _a("layers")
     prompt_tokens: int = _a("prompt_tokens")
     prompt_mode: str = _a("prompt_mode", choices=["deep", "shallow"])
@@ -191,7 +205,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.scale, str) and self.scale != "learnable":  # "0.1" from old runs
+        if isinstance(self.scale, str) and self.scale not in ("learnable", "channel"):  # old runs
             self.scale = _float(self.scale, "scale")
         problems = list(self._problems())
         if problems:
@@ -208,6 +222,8 @@ class TrainConfig:
         )
         for name in positive:
             v = getattr(self, name)
+            if v is None and name == "bottleneck":  # unset: the method's preset
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 yield f"--{name.replace('_', '-')} must be a positive integer, got {v!r}"
         if self.lr is not None and not self.lr > 0:
@@ -245,9 +261,11 @@ class TrainConfig:
             "optimizer",
             "precision",
             "sampling",
+            "init",
+            "activation",
         ):
             choices = _FIELDS[name].metadata["choices"]
-            if getattr(self, name) not in choices:
+            if getattr(self, name) not in (*choices, None):  # None: the method's preset
                 yield f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(choices)}"
         try:
             self.adapter_config()
@@ -277,10 +295,12 @@ class TrainConfig:
         return self.lr if self.lr is not None else self.resolved_blr * total_batch / 256
 
     @property
-    def resolved_dropout(self) -> float:
+    def resolved_dropout(self) -> float | None:
+        """``--adapter-dropout`` as asked; else 0.0 for video (the paper's video setting) and
+        None for images, which the AdapterConfig resolves to the method's preset."""
         if self.adapter_dropout is not None:
             return self.adapter_dropout
-        return 0.0 if self.is_video else 0.1
+        return 0.0 if self.is_video else None
 
     def adapter_config(self) -> AdapterConfig:
         """The run's AdapterConfig: every adapter field copied by name (none by hand)."""
@@ -338,7 +358,9 @@ def _float(text: str, name: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"--{name} must be a number or 'learnable', got {text!r}") from None
+        raise ValueError(
+            f"--{name} must be a number, 'learnable' or 'channel', got {text!r}"
+        ) from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
