@@ -10,6 +10,37 @@ def test_defaults_are_the_papers_main_setting():
     assert (cfg.layernorm, cfg.position, cfg.layers) == ("none", "parallel", None)
 
 
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("adaptformer", (64, "parallel", 0.1, "lora", "relu", 0.1, 0.0)),
+        ("adapter_plus", (8, "post", "channel", "houlsby", "gelu", 0.0, 0.1)),
+        ("houlsby", (8, "houlsby", 1.0, "houlsby", "gelu", 0.0, 0.0)),
+        ("pfeiffer", (48, "post", 1.0, "bert", "relu", 0.0, 0.0)),
+        ("lora", (64, "parallel", 0.1, "lora", "relu", 0.1, 0.0)),  # rank 64 as before
+    ],
+)
+def test_a_method_fills_in_its_preset(method, expected):
+    cfg = AdapterConfig(method=method)
+    names = ("bottleneck", "position", "scale", "init", "activation", "dropout", "drop_path")
+    assert tuple(getattr(cfg, n) for n in names) == expected
+
+
+def test_explicit_knobs_win_over_the_preset():
+    cfg = AdapterConfig(method="adapter_plus", bottleneck=32, scale=0.5, drop_path=0.0)
+    assert (cfg.bottleneck, cfg.scale, cfg.drop_path, cfg.position) == (32, 0.5, 0.0, "post")
+
+
+def test_a_task_file_written_before_the_family_reads_back_as_adaptformer():
+    """Old adapter_config.json files have no init/activation/drop_path: AdaptFormer's apply."""
+    old = {"method": "adaptformer", "bottleneck": 16, "scale": 0.1, "dropout": 0.1,
+           "layernorm": "none", "position": "sequential", "layers": None, "prompt_tokens": 1,
+           "prompt_mode": "deep", "lora_alpha": 16.0, "head_batchnorm": False}  # fmt: skip
+    cfg = AdapterConfig.from_dict(old)
+    assert (cfg.init, cfg.activation, cfg.drop_path) == ("lora", "relu", 0.0)
+    assert cfg.position == "sequential" and cfg.bottleneck == 16
+
+
 def test_json_round_trip(tmp_path):
     cfg = AdapterConfig(bottleneck=8, scale="learnable", layers=[0, -1], position="sequential")
     path = tmp_path / "c.json"
@@ -27,6 +58,10 @@ def test_json_round_trip(tmp_path):
         ({"dropout": 1.5}, "dropout=1.5"),
         ({"layernorm": "pre"}, "layernorm='pre'"),
         ({"position": "before"}, "position='before'"),
+        ({"init": "xavier"}, "init='xavier'"),
+        ({"activation": "tanh"}, "activation='tanh'"),
+        ({"drop_path": 1.0}, "drop_path=1.0"),
+        ({"scale": "channels"}, "scale='channels'"),
         ({"layers": []}, "layers=[]"),
         ({"layers": [1, 1]}, "lists a block twice"),
         ({"prompt_tokens": 0}, "prompt_tokens=0"),
@@ -62,6 +97,7 @@ def test_every_field_has_help():
         ("adaptformer-8", {"method": "adaptformer", "bottleneck": 8}),
         ("lora-16", {"method": "lora", "bottleneck": 16}),
         ("vpt-10", {"method": "vpt", "prompt_tokens": 10}),
+        ("adapter_plus-16", {"method": "adapter_plus", "bottleneck": 16}),
     ],
 )
 def test_method_specs(spec, expected):

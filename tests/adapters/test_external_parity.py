@@ -46,7 +46,9 @@ def adapter_plus():
 
     original = vit._create_vision_transformer
     try:
-        module = pytest.importorskip("adapter_plus", reason="adapter-plus not installed (dev extra)")
+        module = pytest.importorskip(
+            "adapter_plus", reason="adapter-plus not installed (dev extra)"
+        )
     finally:  # importing it replaces timm's ViT factory for the whole process: undo that
         vit._create_vision_transformer = original
     return module

@@ -23,7 +23,7 @@ def _trained(method="adaptformer", **cfg):
         model, af.AdapterConfig(method=method, bottleneck=4, **cfg), name="cifar", num_classes=5
     )
     for n, p in model.named_parameters():
-        if any(s in n for s in ("adaptmlp", "prompts", "lora_", "head.")):
+        if any(s in n for s in ("adaptmlp", "attn_adapter", "prompts", "lora_", "head.")):
             randomize_(torch.nn.ParameterList([p]))
     model.eval()
     return model, backbone
@@ -40,6 +40,9 @@ def _fresh(backbone, **kwargs):
     [
         ("adaptformer", {}),
         ("adaptformer", {"scale": "learnable", "layernorm": "in", "layers": [1, 3]}),
+        ("adapter_plus", {}),
+        ("houlsby", {"layers": [0, 2]}),
+        ("pfeiffer", {"scale": "channel", "layernorm": "out"}),
         ("vpt", {"prompt_tokens": 2}),
         ("lora", {}),
         ("linear", {"head_batchnorm": True}),
@@ -182,6 +185,7 @@ def test_config_that_is_not_json_is_a_one_line_error(tmp_path):
     [
         ("adaptformer", {}, "bottleneck", "bottleneck=1000000000 but the file has blocks"),
         ("lora", {}, "bottleneck", "bottleneck=1000000000 but the file has blocks"),
+        ("houlsby", {}, "bottleneck", "bottleneck=1000000000 but the file has blocks"),
         ("vpt", {"prompt_tokens": 2}, "prompt_tokens", "prompt_tokens=1000000000 but the file"),
         ("adaptformer", {}, "num_classes", "num_classes=1000000000 but the file has head.weight"),
     ],

@@ -16,7 +16,9 @@ def imgfocus_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def imgfocus_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("onnx", reason="the ONNX converter needs onnx (a dependency: pip install -e .)")
+    pytest.importorskip(
+        "onnx", reason="the ONNX converter needs onnx (a dependency: pip install -e .)"
+    )
     return fixtures.imgfocus_onnx(tmp_path_factory)
 
 

@@ -131,6 +131,28 @@ def test_a_short_run_reaches_its_peak_lr(setup):
     assert max(row["lr_peak"] for row in rows) == pytest.approx(1e-3, rel=0.35)
 
 
+@pytest.mark.parametrize(
+    ("method", "flags", "expected"),
+    [
+        ("adapter_plus", [], {"position": "post", "scale": "channel", "bottleneck": 8}),
+        ("houlsby", ["--bottleneck", "4"], {"position": "houlsby", "init": "houlsby"}),
+        ("pfeiffer", ["--scale", "0.5"], {"position": "post", "scale": 0.5, "bottleneck": 48}),
+    ],
+)
+def test_adapter_presets_train_save_and_evaluate(setup, method, flags, expected):
+    """``--method NAME`` fills in the paper's settings; a flag given explicitly wins."""
+    data, ckpt, root = setup
+    out = root / method
+    r = run_cli(*train_args(data, ckpt, out, "--method", method, *flags))
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "adapter_config.json").read_text())["config"]
+    assert config["method"] == method and expected.items() <= config.items()
+    r = run_cli("eval", "--run", str(out), "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "eval.json").read_text())["test_top1"] == summary["test_top1"]
+
+
 def _losses(run):
     return [json.loads(x)["train_loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -18,6 +18,9 @@ TASKS = {
     "lora": (af.AdapterConfig(method="lora", bottleneck=4), 3),
     "vpt": (af.AdapterConfig(method="vpt", prompt_tokens=2), 4),
     "lin": (af.AdapterConfig(method="linear"), 2),
+    "aplus": (af.AdapterConfig(method="adapter_plus", bottleneck=4), 3),
+    "houlsby": (af.AdapterConfig(method="houlsby", bottleneck=4), 4),
+    "pfeiffer": (af.AdapterConfig(method="pfeiffer", bottleneck=4), 2),
 }
 
 
@@ -36,27 +39,28 @@ def model():
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_single_task_export_matches_pytorch(model, fmt, tmp_path):
+@pytest.mark.parametrize("task", ["lora", "aplus", "houlsby", "pfeiffer"])
+def test_single_task_export_matches_pytorch(model, fmt, task, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     path = tmp_path / f"m.{fmt}"
-    result = export_model(model, path, fmt, tasks=["lora"])
+    result = export_model(model, path, fmt, tasks=[task])
     assert result.max_abs_error is not None and result.max_abs_error <= 1e-4
-    assert result.num_classes == [3] and path.stat().st_size == result.bytes
+    assert result.num_classes == [TASKS[task][1]] and path.stat().st_size == result.bytes
     assert model.adaptformer.active == "ada"  # the caller's active task is restored
     sidecar = json.loads((tmp_path / f"m.{fmt}.json").read_text())
-    assert sidecar["tasks"] == ["lora"] and sidecar["inputs"] == ["image"]
+    assert sidecar["tasks"] == [task] and sidecar["inputs"] == ["image"]
 
 
 def test_multi_task_onnx_answers_each_row_with_its_task(model, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    names = ["lin", "vpt", "ada", "lora"]
+    names = ["lin", "vpt", "ada", "lora", "aplus", "houlsby", "pfeiffer"]
     path = tmp_path / "multi.onnx"
     result = export_model(model, path, "onnx", tasks=names, metadata={"note": "x"})
     assert result.max_abs_error <= 1e-4
     # an independent check on a batch of 7 with repeated and missing tasks
     x = torch.randn(7, 3, 32, 32)
-    index = np.array([1, 1, 2, 0, 2, 1, 0], dtype=np.int64)
+    index = np.array([1, 4, 2, 0, 5, 6, 0], dtype=np.int64)
     got = ort.InferenceSession(str(path)).run(None, {"image": x.numpy(), "task_index": index})[0]
     with torch.no_grad():
         ref = af.forward_tasks(model, x, [names[i] for i in index])
@@ -69,7 +73,8 @@ def test_multi_task_onnx_answers_each_row_with_its_task(model, tmp_path):
 
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     info = json.loads(meta["adaptformer"])
-    assert info["tasks"] == names and info["num_classes"] == [2, 4, 5, 3] and info["note"] == "x"
+    assert info["tasks"] == names and info["note"] == "x"
+    assert info["num_classes"] == [TASKS[n][1] for n in names]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")

@@ -13,10 +13,14 @@ from adaptformer.serving.multitask import forward_all_tasks
 
 from ..helpers import randomize_, tiny_vit
 
-# name -> (config, classes): every injecting method, both AdaptMLP positions, partial layers,
-# deep and shallow VPT with different token counts, a head-only task, a BatchNorm head.
+# name -> (config, classes): every injecting method, every adapter position (the adapter
+# family's presets), partial layers, deep and shallow VPT with different token counts, a
+# head-only task, a BatchNorm head.
 TASKS = {
     "ada": (af.AdapterConfig(bottleneck=8), 5),
+    "aplus": (af.AdapterConfig(method="adapter_plus", bottleneck=4), 3),
+    "houlsby": (af.AdapterConfig(method="houlsby", bottleneck=4, layers=[0, 2]), 4),
+    "pfeiffer": (af.AdapterConfig(method="pfeiffer", bottleneck=6), 5),
     "ada_seq": (af.AdapterConfig(bottleneck=4, position="sequential", layers=[1, 3]), 3),
     "lora": (af.AdapterConfig(method="lora", bottleneck=4), 6),
     "lin": (af.AdapterConfig(method="linear", head_batchnorm=True), 4),
@@ -74,7 +78,7 @@ def assert_matches(got, expected, tasks):
 
 
 def test_mixed_batch_equals_separate_runs_in_any_order(model):
-    x = torch.randn(12, 3, 32, 32)
+    x = torch.randn(len(TASKS) + 6, 3, 32, 32)
     rng = random.Random(0)
     names = list(TASKS)
     with torch.no_grad():
@@ -92,6 +96,7 @@ def test_mixed_batch_equals_separate_runs_in_any_order(model):
         ["vpt", "ada", "vpt_sh", "vpt"],  # prompts of 3, 0 and 2 tokens in one batch
         ["vpt"] * 3,  # prompts without padding
         ["lora", "ada_seq", "lora", "lin"],
+        ["houlsby", "aplus", "pfeiffer", "ada", "houlsby"],  # every adapter position at once
     ],
 )
 def test_repeated_and_missing_tasks(model, tasks):

@@ -76,6 +76,29 @@ def test_load_all_gives_one_backbone_every_task(tmp_path, runs):
         torch.testing.assert_close(out.task_rows("alpha")[1], model(x[1:3]), atol=1e-5, rtol=0)
 
 
+def test_every_adapter_preset_registers_and_mixes_with_the_others(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_vit(layer_scale=True)
+    reg = af.TaskRegistry(tmp_path / "reg")
+    presets = ["adaptformer", "adapter_plus", "houlsby", "pfeiffer"]
+    for i, method in enumerate(presets):
+        cfg = af.AdapterConfig(method=method, bottleneck=4)
+        reg.add(method, save_task(model, tmp_path / method, method, cfg, 3 + i))
+    assert [t.method for t in reg.list()] == sorted(presets)
+    fresh = tiny_vit(layer_scale=True)
+    fresh.load_state_dict(af.backbone_parameters(model), strict=False)
+    reg.load_all(fresh)
+    x = torch.randn(5, 3, 32, 32)
+    tasks = ["houlsby", "adaptformer", "pfeiffer", "adapter_plus", "houlsby"]
+    with torch.no_grad():
+        out = af.forward_tasks(fresh, x, tasks)
+        for i, t in enumerate(tasks):
+            af.set_adapter(model, t)
+            torch.testing.assert_close(
+                out.per_sample()[i], model(x[i : i + 1])[0], atol=1e-5, rtol=0
+            )
+
+
 def test_foreign_backbone_is_refused_with_a_clear_error(tmp_path, runs):
     _, a, _ = runs
     reg = af.TaskRegistry(tmp_path / "reg")

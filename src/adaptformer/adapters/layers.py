@@ -16,7 +16,6 @@ from torch import nn
 
 from .config import AdapterConfig
 
-
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 

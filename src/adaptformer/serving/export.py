@@ -218,7 +218,9 @@ def _to_onnx(
     try:
         import onnx
     except ImportError as e:
-        raise UserFacingError("ONNX export needs onnx (a dependency of adaptformer): pip install onnx") from e
+        raise UserFacingError(
+            "ONNX export needs onnx (a dependency of adaptformer): pip install onnx"
+        ) from e
     inputs = ["image", "task_index"] if multi else ["image"]
     torch.onnx.export(
         module,

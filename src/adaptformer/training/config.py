@@ -99,9 +99,7 @@ class TrainConfig:
     )
     img_size: int = _f(224, "input resolution; position embeddings are resampled to it")
     # data
-    dataset: str = _f(
-        "imagefolder", f"data set name ({', '.join((*DATASETS, VIDEO_DATASET))})"
-    )
+    dataset: str = _f("imagefolder", f"data set name ({', '.join((*DATASETS, VIDEO_DATASET))})")
     data_root: str | None = _f(None, "folder holding the data set")
     train_per_class: int | None = _f(
         None, "deterministic few-shot subset: N training images per class"

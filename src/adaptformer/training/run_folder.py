@@ -42,7 +42,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-
 def default_output(cfg: TrainConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return str(Path("runs") / f"{cfg.dataset}-{cfg.method}-{stamp}")
@@ -68,7 +67,6 @@ def prepare_resume(cfg: TrainConfig) -> TrainConfig:
     saved = TrainConfig.load(run / "config.yaml")
     overrides = {k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES}
     return TrainConfig(**{**saved.to_dict(), **overrides})
-
 
 
 def check_output(out: Path, resume: bool) -> None:
@@ -112,7 +110,6 @@ def remove_stale_temp_files(out: Path) -> None:
     for tmp in out.glob(".*.tmp"):
         _log.info("removing %s, left by an interrupted run", tmp)
         tmp.unlink(missing_ok=True)
-
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -163,7 +160,6 @@ def _structure_problems(ckpt: dict[str, Any]) -> list[str]:
     return []
 
 
-
 def state_problems(state: Any, expected: dict[str, torch.Tensor]) -> list[str]:
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         return ["is not a mapping of tensors"]
@@ -200,7 +196,6 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
 
 
 def load_run(

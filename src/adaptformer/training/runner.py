@@ -331,7 +331,6 @@ def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
-
 def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
     cfg, model = run.cfg, run.model
     _load_task_state(model, best["state"])
@@ -379,6 +378,3 @@ def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
         plot_learning_curve(history, run.out / "learning_curve.png")
         _log.info("test: %s", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)})
     return summary
-
-
-

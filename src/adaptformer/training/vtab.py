@@ -45,6 +45,8 @@ PROTOCOL_FIELDS = (
     "dataset", "data_root", "method", "bottleneck", "prompt_tokens", "output", "seed",
     "train_split", "test_split", "val_fraction", "lr",
 )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Protocol:
     """What to run: tasks below ``root``, methods, seeds, the lr grid, shared train options.
