@@ -12,7 +12,9 @@ one process, memory is measured in a fresh process per method):
 - ``batch``: step time and memory vs batch size;
 - ``image``: vs image size (token count 112 -> 224 px);
 - ``video``: vs clip length (4 -> 16 frames, tubelet 2) on the backbone inflated to video;
-- ``profile``: torch.profiler breakdown of one training step per method.
+- ``profile``: torch.profiler breakdown of one training step per method;
+- ``family``: the adapter family's presets (AdaptFormer, Adapter+, Houlsby, Pfeiffer) side by
+  side with LoRA, and each preset's paired inference overhead.
 
 Results: ``speed.json``, ``speed.md``, ``speed_batch.png``, ``speed_tokens.png`` and
 ``speed_profile.txt`` in ``--out``; with ``--update-docs`` the Markdown also replaces the speed
@@ -56,7 +58,7 @@ from toolkit import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("main", "overhead", "options", "batch", "image", "video", "profile")
+SECTIONS = ("main", "overhead", "options", "batch", "image", "video", "profile", "family")
 _log = logging.getLogger("speed")
 
 
@@ -87,6 +89,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "timing": {"warmup": 1, "steps": 2, "rounds": 2},
             "profile_methods": ["full", "adaptformer-16"],
             "overhead_methods": ["adaptformer-16"],
+            "family_methods": ["backbone", "adaptformer-16", "adapter_plus-8", "houlsby-8"],
             "pairs": 3,
             "block_pairs": 10,
         }
@@ -105,6 +108,9 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "timing": {"warmup": args.warmup, "steps": args.steps, "rounds": args.rounds},
         "profile_methods": ["full", "adaptformer-64", "peft-lora-32"],
         "overhead_methods": ["adaptformer-16", "adaptformer-64"],
+        "family_methods": [
+            "backbone", "adaptformer-64", "adapter_plus-8", "houlsby-8", "pfeiffer-48", "lora-8"
+        ],  # fmt: skip
         "pairs": args.pairs,
         "block_pairs": args.block_pairs,
     }
@@ -172,6 +178,17 @@ def section_profile(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def section_family(p: dict[str, Any]) -> dict[str, Any]:
+    methods = p["family_methods"]
+    rows = run_cases([BenchCase(m, p["base"]) for m in methods], **p["timing"])
+    overhead = [
+        paired_inference_overhead(m, p["base"], pairs=p["pairs"], block_pairs=p["block_pairs"])
+        for m in methods
+        if m != "backbone"
+    ]
+    return {"rows": rows, "overhead": overhead}
+
+
 RUNNERS = {
     "main": section_main,
     "overhead": section_overhead,
@@ -180,6 +197,7 @@ RUNNERS = {
     "image": section_image,
     "video": section_video,
     "profile": section_profile,
+    "family": section_family,
 }
 
 
@@ -312,6 +330,15 @@ def report(record: dict[str, Any], out: Path) -> str:
         parts.append("![batch](speed_batch.png) ![tokens](speed_tokens.png)")
     if "profile" in s:
         parts += ["### Where a training step's time goes", _profile_md(s["profile"])]
+    if "family" in s:
+        parts += [
+            f"### The adapter family ({s['family']['rows'][0]['setting']})",
+            "Each preset at its published bottleneck (docs/adapters.md), LoRA-8 and the bare "
+            "backbone for reference; then each preset's paired inference overhead, measured as "
+            "above.",
+            format_table(s["family"]["rows"]),
+            _overhead_table(s["family"]["overhead"]),
+        ]
     return "\n\n".join(parts) + "\n"
 
 

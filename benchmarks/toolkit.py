@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptformer.adapters.config import ADAPTER_PRESETS, method_rule
 from adaptformer.training.engine import autocast
 
 _log = logging.getLogger(__name__)
@@ -62,13 +63,22 @@ METHOD_KINDS: tuple[str, ...] = (
     "linear",
     "bitfit",
     "adaptformer",
+    "adapter_plus",
+    "houlsby",
+    "pfeiffer",
     "lora",
     "vpt",
     "peft-lora",
 )
 # Interquartile range / median of the step times above which a row is marked noisy.
 NOISY_SPREAD = 0.2
-_SIZED = {"adaptformer": 64, "lora": 8, "vpt": 1, "peft-lora": 8}
+# default sizes: the presets' bottlenecks (ADAPTER_PRESETS), LoRA rank, VPT tokens
+_SIZED = {
+    **{name: preset.bottleneck for name, preset in ADAPTER_PRESETS.items()},
+    "lora": 8,
+    "vpt": 1,
+    "peft-lora": 8,
+}
 MIB = 2**20
 
 
@@ -81,12 +91,13 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
-        m = re.fullmatch(r"([a-z-]+?)(?:-(\d+))?", text.strip())
+        m = re.fullmatch(r"([a-z_-]+?)(?:-(\d+))?", text.strip())
         kind, size = (m.group(1), m.group(2)) if m else (text, None)
         if kind not in METHOD_KINDS:
             raise ValueError(
                 f"unknown method {text!r}; use backbone, full, linear, bitfit, adaptformer-R, "
-                "lora-R, vpt-N or peft-lora-R (R: bottleneck/rank, N: prompt tokens)"
+                "adapter_plus-R, houlsby-R, pfeiffer-R, lora-R, vpt-N or peft-lora-R "
+                "(R: bottleneck/rank, N: prompt tokens)"
             )
         if size is not None and kind not in _SIZED:
             raise ValueError(f"method {kind!r} takes no size, got {text!r}")
@@ -210,11 +221,12 @@ def build_model(method: str | MethodSpec, cfg: BenchConfig) -> nn.Module:
     if spec.kind == "peft-lora":
         model = _peft_lora(model, spec.size, layers)
     elif spec.kind != "backbone":
+        adds = method_rule(spec.kind).adds_modules
         config = AdapterConfig(
             method=spec.kind,
-            bottleneck=spec.size if spec.kind in ("adaptformer", "lora") else 64,
+            bottleneck=spec.size if method_rule(spec.kind).size_field == "bottleneck" else None,
             prompt_tokens=spec.size if spec.kind == "vpt" else 1,
-            layers=layers if spec.kind in ("adaptformer", "lora", "vpt") else None,
+            layers=layers if adds else None,
         )
         inject(model, config, name="bench", num_classes=cfg.num_classes)
         mark_trainable(model, spec.kind)

@@ -49,7 +49,8 @@ BACKBONE = SHARED / "assets" / "vit_small_patch14_dinov2.imgfocus.safetensors"
 RESULTS = ROOT / "benchmarks" / "results"
 
 TASKS = ("caltech101", "flowers102", "eurosat", "dsprites_loc", "dsprites_ori")
-METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "adaptformer-64")
+METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "adaptformer-64",
+           "adapter_plus-8", "houlsby-8", "pfeiffer-48")  # fmt: skip
 DECIDING = ("adaptformer-64", "full")  # the two methods run with a second seed
 # The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
 # on one natural-image and one structured task, every method kind. The grid is multiples of a
@@ -58,12 +59,17 @@ DECIDING = ("adaptformer-64", "full")  # the two methods run with a second seed
 # no chosen default sits on the edge of what was measured. SWEEP_TOP records how far each
 # method had to go.
 SWEEP_TASKS = ("eurosat", "dsprites_loc")
-SWEEP_METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-64")
+SWEEP_METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-64",
+                 "adapter_plus-8", "houlsby-8", "pfeiffer-48")  # fmt: skip
 SWEEP_BASE_BLR = {"linear": 4e-2, "full": 4e-4, "bitfit": 4e-3, "vpt": 4e-3, "lora": 4e-3,
-                  "adaptformer": 1.6e-2}  # fmt: skip
+                  "adaptformer": 1.6e-2, "adapter_plus": 4e-3, "houlsby": 4e-3,
+                  "pfeiffer": 4e-3}  # fmt: skip
 LR_GRID = (0.3, 1.0, 3.0, 9.0, 27.0)
+# The adapter family's presets joined later: their first three points are x0.3 to x3 of
+# Adapter+'s recipe (AdamW 1e-3 at batch 64 = blr 4e-3), extended by the same rule.
 SWEEP_TOP = {"linear": 27.0, "full": 3.0, "bitfit": 27.0, "vpt-10": 27.0, "lora-8": 9.0,
-             "adaptformer-64": 9.0}  # fmt: skip
+             "adaptformer-64": 9.0, "adapter_plus-8": 3.0, "houlsby-8": 3.0,
+             "pfeiffer-48": 3.0}  # fmt: skip
 SWEEP_GRID = {m: tuple(g for g in LR_GRID if g <= SWEEP_TOP[m]) for m in SWEEP_METHODS}
 EPOCHS = 6
 CONVERGENCE_TASK = "eurosat"
@@ -78,7 +84,8 @@ COMMON = {
 }
 # Measured images/s of one training process (1 thread, bf16, 112 px) beside a second one on the
 # 2-core machine, for --plan only; evaluation runs at about 55 images/s per process.
-_SPEED = {"linear": 45, "full": 12, "bitfit": 14, "vpt": 14, "lora": 14, "adaptformer": 18}
+_SPEED = {"linear": 45, "full": 12, "bitfit": 14, "vpt": 14, "lora": 14, "adaptformer": 18,
+          "adapter_plus": 18, "houlsby": 16, "pfeiffer": 18}  # fmt: skip  # family: assumed
 _EVAL_SPEED = 55
 
 
@@ -125,12 +132,14 @@ def _kind(spec: str) -> str:
     return spec.split("-")[0]
 
 
-def sweep_so_far(data: Path, out: Path, checkpoint: Path) -> list[dict[str, Any]]:
+def sweep_so_far(
+    data: Path, out: Path, checkpoint: Path, methods=SWEEP_METHODS
+) -> list[dict[str, Any]]:
     """The sweep's finished tuning runs, read from their folders (all of them once it is done)."""
     from adaptformer.training.vtab import GROUPS, Protocol
 
     rows = []
-    for spec in SWEEP_METHODS:
+    for spec in methods:
         base_blr = SWEEP_BASE_BLR[_kind(spec)]
         base = {**COMMON, "checkpoint": str(checkpoint), "blr": base_blr}
         p = Protocol(data, SWEEP_TASKS, (spec,), (0,), SWEEP_GRID[spec], out, base, True)
@@ -280,7 +289,8 @@ def render(result: dict[str, Any], images: Path) -> str:
     m, c = result["machine"], result["common"]
     rows = result.get("rows", [])
     lines = [
-        f"Command: `python benchmarks/vtab_lite.py --update-docs` ({m['date']}, {m['cpu']}, "
+        f"Command: `{result.get('command', 'python benchmarks/vtab_lite.py --update-docs')}` "
+        f"({m['date']}, {m['cpu']}, "
         f"{m['cores']} cores, torch {m['torch']}, two processes of one thread each). Shared "
         f"DINOv2 ViT-S/14, {c['img_size']} px ({c['img_size'] // 14}x{c['img_size'] // 14} "
         f"patches), no augmentation, batch {c['batch_size']}, {c['epochs']} epochs, AdamW, "
@@ -409,6 +419,8 @@ def main() -> None:
         action="store_true",
         help="with --report --sections defaults: report the sweep's finished runs so far",
     )
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                    help="run and report only these methods (default: all)")  # fmt: skip
     ap.add_argument("--plan", action="store_true", help="print the estimated time and stop")
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
@@ -418,14 +430,16 @@ def main() -> None:
     data = ensure_data(args.work / "data")
     ck = args.checkpoint.resolve()
     w = args.work
+    methods = [m for m in METHODS if m in args.methods]
+    sweep_methods = [m for m in SWEEP_METHODS if _kind(m) in {_kind(x) for x in methods}]
     units: list[list[str]] = []
     if "defaults" in args.sections:
         units += [vtab_command(data, w / "sweep", ck, [t], [m], (0,), SWEEP_GRID[m],
                                tune_only=True, blr=SWEEP_BASE_BLR[_kind(m)])
-                  for m in SWEEP_METHODS for t in SWEEP_TASKS]  # fmt: skip
+                  for m in sweep_methods for t in SWEEP_TASKS]  # fmt: skip
     if "table" in args.sections:
         units += [vtab_command(data, w / "runs", ck, [t], [m], (0, 1) if m in DECIDING else (0,),
-                               (1.0,)) for m in METHODS for t in TASKS]  # fmt: skip
+                               (1.0,)) for m in methods for t in TASKS]  # fmt: skip
     if "convergence" in args.sections:
         units += [vtab_command(data, w / "convergence", ck, [CONVERGENCE_TASK], [m], (0,), (1.0,),
                                epochs=2 * EPOCHS) for m in DECIDING]  # fmt: skip
@@ -434,19 +448,25 @@ def main() -> None:
                                   (0,), (1.0,), precision="fp32"))  # fmt: skip
     if not args.report:
         run_queue(units, w / "logs")
-    result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID}
+    command = "python benchmarks/vtab_lite.py" + (
+        f" --methods {' '.join(methods)}" if methods != list(METHODS) else ""
+    )
+    result: dict[str, Any] = {"machine": machine(), "common": COMMON, "lr_grid": LR_GRID,
+                              "command": command + " --update-docs"}  # fmt: skip
     if "defaults" in args.sections:
-        result["sweep"] = sweep_so_far(data, w / "sweep", ck)
+        result["sweep"] = sweep_so_far(data, w / "sweep", ck, sweep_methods)
         result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])
-        result["sweep_planned"] = len(SWEEP_TASKS) * sum(len(g) for g in SWEEP_GRID.values())
+        result["sweep_planned"] = len(SWEEP_TASKS) * sum(len(SWEEP_GRID[m]) for m in sweep_methods)
         if result["sweep_runs"] < result["sweep_planned"] and not args.partial:
             raise SystemExit(f"the sweep in {w / 'sweep'} has not finished "
                              f"({result['sweep_runs']} of {result['sweep_planned']} runs); rerun "
                              "without --report, or report it so far with --partial")  # fmt: skip
     if "table" in args.sections:
-        rows = collect(data, w / "runs", ck, TASKS, METHODS, (0,), (1.0,))
-        rows += [r for r in collect(data, w / "runs", ck, TASKS, DECIDING, (0, 1), (1.0,))
-                 if r["seed"]]  # fmt: skip
+        rows = collect(data, w / "runs", ck, TASKS, methods, (0,), (1.0,))
+        deciding = [m for m in DECIDING if m in methods]
+        if deciding:
+            rows += [r for r in collect(data, w / "runs", ck, TASKS, deciding, (0, 1), (1.0,))
+                     if r["seed"]]  # fmt: skip
         result["rows"] = rows
     if "convergence" in args.sections:
         result["convergence"] = collect(data, w / "convergence", ck, [CONVERGENCE_TASK],

@@ -21,6 +21,7 @@ def script(monkeypatch):
         "pairs": 2,
         "block_pairs": 4,
         "profile_methods": ["adaptformer-16"],
+        "family_methods": ["backbone", "adaptformer-16", "adapter_plus-8", "houlsby-8"],
         "timing": {"warmup": 1, "steps": 2, "rounds": 2},
     }
     monkeypatch.setattr(module, "plan", lambda args: tiny_plan)
@@ -40,6 +41,19 @@ def test_merge_keeps_earlier_sections_and_lists_every_command(script, tmp_path, 
     assert "### Where a training step's time goes" in markdown
     assert "--sections overhead" in markdown and "--sections profile --merge" in markdown
     assert (tmp_path / "speed_profile.txt").read_text().startswith("== adaptformer-16")
+
+
+def test_the_family_section_times_every_preset(script, tmp_path):
+    assert script.main(["--sections", "family", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "speed.json").read_text())
+    family = record["sections"]["family"]
+    assert [r["method"] for r in family["rows"]] == [
+        "backbone", "adaptformer-16", "adapter_plus-8", "houlsby-8"
+    ]  # fmt: skip
+    assert all(r["train_images_per_s"] > 0 for r in family["rows"][1:])
+    assert [r["method"] for r in family["overhead"]] == ["adaptformer-16", "adapter_plus-8",
+                                                         "houlsby-8"]  # fmt: skip
+    assert "### The adapter family" in (tmp_path / "speed.md").read_text()
 
 
 def test_merge_without_an_earlier_record_is_a_clear_error(script, tmp_path):

@@ -34,7 +34,8 @@ TINY = BenchConfig(model="test_vit", img_size=32, batch_size=4, num_classes=5)
 @pytest.mark.parametrize(
     "text, kind, size",
     [("full", "full", None), ("adaptformer-16", "adaptformer", 16), ("peft-lora-8", "peft-lora", 8),
-     ("vpt", "vpt", 1), ("lora", "lora", 8), ("backbone", "backbone", None)],
+     ("vpt", "vpt", 1), ("lora", "lora", 8), ("backbone", "backbone", None),
+     ("adapter_plus", "adapter_plus", 8), ("houlsby-16", "houlsby", 16), ("pfeiffer", "pfeiffer", 48)],
 )  # fmt: skip
 def test_method_names_parse(text, kind, size):
     spec = MethodSpec.parse(text)

@@ -51,57 +51,33 @@ class AdapterPreset:
 ADAPTER_PRESETS: dict[str, AdapterPreset] = {
     # Chen et al., NeurIPS 2022 (github.com/ShoufaChen/AdaptFormer): beside the MLP, s=0.1.
     "adaptformer": AdapterPreset(
-        64,
-        "parallel",
-        0.1,
-        "lora",
-        "relu",
-        0.1,
-        0.0,
-        "none",
-        "AdaptFormer (Chen et al., NeurIPS 2022)",
+        bottleneck=64, position="parallel", scale=0.1, init="lora", activation="relu",
+        dropout=0.1, drop_path=0.0, layernorm="none",
+        paper="AdaptFormer (Chen et al., NeurIPS 2022)",
     ),
     # Steitz & Roth, CVPR 2024 (pypi adapter-plus, AdapterHub AdapterPlusConfig): after the
     # block, per-channel learnable scale, Houlsby init, no LayerNorm, adapter drop-path 0.1, r=8.
     "adapter_plus": AdapterPreset(
-        8,
-        "post",
-        "channel",
-        "houlsby",
-        "gelu",
-        0.0,
-        0.1,
-        "none",
-        "Adapter+ (Steitz & Roth, CVPR 2024)",
+        bottleneck=8, position="post", scale="channel", init="houlsby", activation="gelu",
+        dropout=0.0, drop_path=0.1, layernorm="none",
+        paper="Adapter+ (Steitz & Roth, CVPR 2024)",
     ),
     # Houlsby et al., ICML 2019: one adapter after attention and one after the MLP, inside the
     # residual, near-identity init (trunc-normal std 0.01 as in adapter-plus), GELU as in the
     # paper's code (AdapterHub's DoubleSeqBnConfig defaults to swish: --activation silu).
     "houlsby": AdapterPreset(
-        8,
-        "houlsby",
-        1.0,
-        "houlsby",
-        "gelu",
-        0.0,
-        0.0,
-        "none",
-        "Houlsby et al. (ICML 2019)",
+        bottleneck=8, position="houlsby", scale=1.0, init="houlsby", activation="gelu",
+        dropout=0.0, drop_path=0.0, layernorm="none",
+        paper="Houlsby et al. (ICML 2019)",
     ),
     # Pfeiffer et al., EACL 2021 (AdapterHub SeqBnConfig): one adapter after the MLP reading the
     # block output, ReLU, BERT init (normal std 0.02), reduction factor 16 (r=48 at ViT-B's 768).
     "pfeiffer": AdapterPreset(
-        48,
-        "post",
-        1.0,
-        "bert",
-        "relu",
-        0.0,
-        0.0,
-        "none",
-        "Pfeiffer et al. (EACL 2021)",
+        bottleneck=48, position="post", scale=1.0, init="bert", activation="relu",
+        dropout=0.0, drop_path=0.0, layernorm="none",
+        paper="Pfeiffer et al. (EACL 2021)",
     ),
-}
+}  # fmt: skip
 PRESET_FIELDS: tuple[str, ...] = (
     "bottleneck", "position", "scale", "init", "activation", "dropout", "drop_path", "layernorm"
 )  # fmt: skip
