@@ -9,6 +9,7 @@ Routes (all answers JSON, errors ``{"error": message, "status": code}``):
   registry's entry) and ``DELETE /v1/tasks/NAME``, with ``Authorization: Bearer TOKEN``.
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (the web page).
 
+Reading and checking the request itself (body limit, fields, error answers) is in ``requests.py``.
 The event loop only parses and routes: decoding and preprocessing run on a thread pool, forward
 passes on the batcher's model thread, task loading on Starlette's thread pool.
 """
@@ -34,66 +35,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..data import build_eval_transform
 from .batcher import Batcher, Overloaded
-from .catalog import ALL, Catalog, TaskVersion, UnknownTask
+from .catalog import Catalog, TaskVersion, UnknownTask
 from .config import ServeConfig
 from .images import BadImage, from_base64, preprocess
 from .metrics import ServeMetrics
 from .multitask import top_k
-from .store import check_name
+from .requests import BodyLimit, error_response, http_error, parse_top_k, path_name, task_names
 
 _log = logging.getLogger(__name__)
-MAX_TOP_K = 1000
-
-
-class TooLarge(HTTPException):
-    """The request body is bigger than ``--max-upload-mb``."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413, f"the request body is larger than this server's limit of {limit:,} bytes "
-            "(--max-upload-mb)",
-        )  # fmt: skip
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies above ``limit`` bytes, by Content-Length when it is sent
-    and by counting when it is not (chunked), before anything is parsed or spooled."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _error(413, str(TooLarge(self.limit).detail))(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise TooLarge(self.limit)
-            return message
-
-        await self.app(scope, counted, send)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
 
 class Service:
@@ -129,7 +81,9 @@ class Service:
     async def predict(self, request: Request) -> Response:
         start = time.perf_counter()
         if self.active >= self.config.max_queue:
-            return self._count(_error(503, "too many requests in progress", {"Retry-After": "1"}))
+            return self._count(
+                error_response(503, "too many requests in progress", {"Retry-After": "1"})
+            )
         self.active += 1
         try:
             self.preparing += 1
@@ -145,16 +99,16 @@ class Service:
             logits = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
             response = self._answer(images, versions, logits, top_k, start)
         except HTTPException as e:
-            response = _error(e.status_code, str(e.detail), dict(e.headers or {}))
+            response = error_response(e.status_code, str(e.detail), dict(e.headers or {}))
         except BadImage as e:
-            response = _error(e.status, str(e))
+            response = error_response(e.status, str(e))
         except UnknownTask as e:
-            response = _error(422, str(e))
+            response = error_response(422, str(e))
         except Overloaded as e:
-            response = _error(503, str(e), {"Retry-After": str(e.retry_after)})
+            response = error_response(503, str(e), {"Retry-After": str(e.retry_after)})
         except Exception as e:  # answer, log, and keep serving the others
             _log.exception("a /v1/predict request failed")
-            response = _error(500, f"internal error: {type(e).__name__}: {e}")
+            response = error_response(500, f"internal error: {type(e).__name__}: {e}")
         finally:
             self.active -= 1
         return self._count(response)
@@ -240,7 +194,7 @@ class Service:
             )  # fmt: skip
         if not images:
             raise HTTPException(422, "the request holds no image")
-        return images, _task_names(tasks), _top_k(top_k, self.config.top_k)
+        return images, task_names(tasks), parse_top_k(top_k, self.config.top_k)
 
     # -- tasks ------------------------------------------------------------------------------------
     def _check_admin(self, request: Request) -> None:
@@ -261,7 +215,7 @@ class Service:
 
     async def put_task(self, request: Request) -> Response:
         self._check_admin(request)
-        name = _path_name(request)
+        name = path_name(request)
         raw = await request.body()
         try:
             body = json.loads(raw) if raw.strip() else {}
@@ -288,7 +242,7 @@ class Service:
 
     async def delete_task(self, request: Request) -> Response:
         self._check_admin(request)
-        name = _path_name(request)
+        name = path_name(request)
         try:
             old = await run_in_threadpool(self.catalog.remove, name)
         except UnknownTask as e:
@@ -360,41 +314,6 @@ def _top(logits: torch.Tensor, version: TaskVersion, k: int) -> dict[str, Any]:
     }
 
 
-def _task_names(tasks: Any) -> list[str]:
-    if tasks is None:
-        return [ALL]
-    if isinstance(tasks, str):
-        tasks = tasks.split(",")
-    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise HTTPException(422, '"tasks" must be a name, "a,b", a list of names, or "all"')
-    names = [t.strip() for t in tasks if t.strip()]
-    if not names:
-        raise HTTPException(422, 'no task named: pass "tasks" (a name, "a,b" or "all")')
-    return names
-
-
-def _top_k(value: Any, default: int) -> int:
-    """``top_k`` from a form string or a JSON number: a whole number in 1..MAX_TOP_K."""
-    if value is None or value == "":
-        return default
-    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and value.strip().isdigit()
-    )
-    if not whole or not 1 <= int(value) <= MAX_TOP_K:
-        raise HTTPException(
-            422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {value!r}"
-        )
-    return int(value)
-
-
-def _path_name(request: Request) -> str:
-    name = request.path_params["name"]
-    try:
-        return check_name(name)
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from e
-
-
 def create_app(
     catalog: Catalog, config: ServeConfig | None = None, admin_token: str | None = None
 ) -> Starlette:
@@ -416,7 +335,7 @@ def create_app(
             Route("/v1/tasks/{name}", service.put_task, methods=["PUT"]),
             Route("/v1/tasks/{name}", service.delete_task, methods=["DELETE"]),
         ],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: http_error},
         lifespan=service.lifespan,
     )
     app.state.service = service
