@@ -48,6 +48,11 @@ SCENARIOS: dict[str, list[af.AdapterConfig]] = {
     "mixed methods": [af.AdapterConfig(bottleneck=64)] * 4
     + [af.AdapterConfig(method="lora", bottleneck=8)] * 2
     + [af.AdapterConfig(method="vpt", prompt_tokens=1), af.AdapterConfig(method="linear")],
+    # every bottleneck-adapter position in one batch, each preset at its published size
+    "adapter family": [
+        af.AdapterConfig(method=m) for m in ("adaptformer", "adapter_plus", "houlsby", "pfeiffer")
+    ]
+    * 2,
 }
 
 

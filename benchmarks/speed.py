@@ -109,8 +109,13 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "profile_methods": ["full", "adaptformer-64", "peft-lora-32"],
         "overhead_methods": ["adaptformer-16", "adaptformer-64"],
         "family_methods": [
-            "backbone", "adaptformer-64", "adapter_plus-8", "houlsby-8", "pfeiffer-48", "lora-8"
-        ],  # fmt: skip
+            "backbone",
+            "adaptformer-64",
+            "adapter_plus-8",
+            "houlsby-8",
+            "pfeiffer-48",
+            "lora-8",
+        ],
         "pairs": args.pairs,
         "block_pairs": args.block_pairs,
     }
