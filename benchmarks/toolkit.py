@@ -221,12 +221,12 @@ def build_model(method: str | MethodSpec, cfg: BenchConfig) -> nn.Module:
     if spec.kind == "peft-lora":
         model = _peft_lora(model, spec.size, layers)
     elif spec.kind != "backbone":
-        adds = method_rule(spec.kind).adds_modules
+        rule = method_rule(spec.kind)
         config = AdapterConfig(
             method=spec.kind,
-            bottleneck=spec.size if method_rule(spec.kind).size_field == "bottleneck" else None,
-            prompt_tokens=spec.size if spec.kind == "vpt" else 1,
-            layers=layers if adds else None,
+            bottleneck=spec.size if rule.size_field == "bottleneck" else None,
+            prompt_tokens=spec.size if rule.size_field == "prompt_tokens" else 1,
+            layers=layers if rule.adds_modules else None,
         )
         inject(model, config, name="bench", num_classes=cfg.num_classes)
         mark_trainable(model, spec.kind)

@@ -27,6 +27,19 @@ def tiny_vit(
     return model.eval()
 
 
+# A Hugging Face ViT config of tiny_vit(depth=2)'s shape, for conversion and parity tests.
+TINY_HF_VIT = dict(
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=192,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+)
+
+
 def randomize_(module: torch.nn.Module, std: float = 0.05) -> None:
     """Give every parameter of ``module`` non-zero random values (adapters start at zero)."""
     with torch.no_grad():

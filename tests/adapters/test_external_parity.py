@@ -13,7 +13,7 @@ import torch
 import adaptformer as af
 from adaptformer.adapters.inject import AdaptedBlock
 
-from ..helpers import tiny_vit
+from ..helpers import TINY_HF_VIT, tiny_vit
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -160,19 +160,7 @@ def test_adapter_plus_drop_path_is_per_sample_in_training(adapter_plus):
 
 def _hf_vit_with(adapters_lib, config):
     transformers = pytest.importorskip("transformers", reason="transformers not installed")
-    hf = transformers.ViTModel(
-        transformers.ViTConfig(
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=192,
-            image_size=32,
-            patch_size=8,
-            layer_norm_eps=1e-6,
-            hidden_act="gelu",
-        ),
-        add_pooling_layer=False,
-    )
+    hf = transformers.ViTModel(transformers.ViTConfig(**TINY_HF_VIT), add_pooling_layer=False)
     adapters_lib.init(hf)
     hf.add_adapter("t", config=config)
     hf.train_adapter("t")  # freezes the backbone, activates "t"

@@ -9,7 +9,7 @@ from timm.layers import resample_abs_pos_embed
 
 import adaptformer as af
 
-from ..helpers import tiny_vit
+from ..helpers import TINY_HF_VIT, tiny_vit
 
 
 def test_shared_backbone_loads_strictly_at_224(shared_backbone):
@@ -64,16 +64,7 @@ def test_unknown_extension_and_missing_file(tmp_path):
 @pytest.mark.parametrize("kind", ["vit", "dinov2"])
 def test_hugging_face_conversion_matches_transformers(kind):
     transformers = pytest.importorskip("transformers", reason="transformers not installed")
-    common = dict(
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=192,
-        image_size=32,
-        patch_size=8,
-        layer_norm_eps=1e-6,
-        hidden_act="gelu",
-    )
+    common = TINY_HF_VIT
     if kind == "vit":
         hf = transformers.ViTModel(transformers.ViTConfig(**common), add_pooling_layer=False)
     else:
@@ -112,16 +103,7 @@ def _classic_names(sd: dict) -> dict:
 def test_classic_hugging_face_names_convert_too():
     transformers = pytest.importorskip("transformers", reason="transformers not installed")
     hf = transformers.ViTModel(
-        transformers.ViTConfig(
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=192,
-            image_size=32,
-            patch_size=8,
-            layer_norm_eps=1e-6,
-        ),
-        add_pooling_layer=False,
+        transformers.ViTConfig(**TINY_HF_VIT), add_pooling_layer=False
     ).eval()
     classic = _classic_names({f"vit.{k}": v for k, v in hf.state_dict().items()})
     assert "vit.encoder.layer.1.attention.attention.query.weight" in classic
