@@ -52,6 +52,7 @@ TASKS = ("caltech101", "flowers102", "eurosat", "dsprites_loc", "dsprites_ori")
 METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "adaptformer-64",
            "adapter_plus-8", "houlsby-8", "pfeiffer-48")  # fmt: skip
 DECIDING = ("adaptformer-64", "full")  # the two methods run with a second seed
+SEEDS = (0, 1)  # their seeds, in the table and in the convergence check
 # The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
 # on one natural-image and one structured task, every method kind. The grid is multiples of a
 # first guess per method (SWEEP_BASE_BLR): x0.3, x1 and x3 for every method, then x9, x27, ...
@@ -228,7 +229,7 @@ def plan() -> dict[str, float]:
                 for m in SWEEP_METHODS for _ in SWEEP_TASKS)  # fmt: skip
     table = sum((2 if m in DECIDING else 1) * _seconds(m, 1000 * EPOCHS, test)
                 for m in METHODS for _ in TASKS)  # fmt: skip
-    conv = sum(_seconds(m, 2000 * EPOCHS, test) for m in DECIDING)
+    conv = len(SEEDS) * sum(_seconds(m, 2000 * EPOCHS, test) for m in DECIDING)
     fp32 = 1.5 * _seconds("adaptformer", 1000 * EPOCHS, test)
     hours = {
         k: v / 3600 / 2
@@ -316,14 +317,7 @@ def render(result: dict[str, Any], images: Path) -> str:
         r for r in result.get("convergence", []) if (r["task"], r["method"], r["seed"]) in by_key
     ]
     if conv:
-        lines += ["", "**Convergence** (same task, same learning rate, twice the epochs):", "",
-                  "| method | task | epochs | test top-1 | doubled epochs | test top-1 | change |",
-                  "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for r in conv:
-            base = by_key[(r["task"], r["method"], r["seed"])]
-            lines.append(f"| {r['method']} | {r['task']} | {base['epochs']} | "
-                         f"{base['test_top1']:.1f} | {r['epochs']} | {r['test_top1']:.1f} | "
-                         f"{r['test_top1'] - base['test_top1']:+.1f} |")  # fmt: skip
+        lines += _convergence_section(conv, by_key)
     if result.get("step_times"):
         lines += ["", "**fp32 or bf16** (training step, batch 32 of real eurosat images, 112 px, "
                   "one process, 2 threads):", "", "| method | fp32 images/s | bf16 images/s |",
@@ -339,6 +333,31 @@ def render(result: dict[str, Any], images: Path) -> str:
                           f"learning rate) scores {r['test_top1']:.1f} in fp32 and "
                           f"{b['test_top1']:.1f} in bf16."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _convergence_section(conv, by_key) -> list[str]:
+    """Test top-1 at the table's epochs and at twice as many, per seed and as the seeds' mean.
+
+    The mean is what the check reads: the table reports these methods as a two-seed mean, and
+    one seed's change can be the seed spread (about ±0.7 on eurosat) rather than training.
+    """
+    out = ["", "**Convergence** (same task, same learning rate, twice the epochs; the check: the "
+           "seeds' mean moves by less than 1 point):", "",
+           "| method | task | seed | epochs | test top-1 | doubled epochs | test top-1 | change |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for task, method in dict.fromkeys((r["task"], r["method"]) for r in conv):
+        pairs = [(by_key[(r["task"], r["method"], r["seed"])], r) for r in conv
+                 if (r["task"], r["method"]) == (task, method)]  # fmt: skip
+        for base, r in pairs:
+            out.append(f"| {method} | {task} | {r['seed']} | {base['epochs']} | "
+                       f"{base['test_top1']:.1f} | {r['epochs']} | {r['test_top1']:.1f} | "
+                       f"{r['test_top1'] - base['test_top1']:+.1f} |")  # fmt: skip
+        if len(pairs) > 1:
+            b = sum(p[0]["test_top1"] for p in pairs) / len(pairs)
+            d = sum(p[1]["test_top1"] for p in pairs) / len(pairs)
+            out.append(f"| **{method}** | {task} | mean | {pairs[0][0]['epochs']} | {b:.1f} | "
+                       f"{pairs[0][1]['epochs']} | {d:.1f} | **{d - b:+.1f}** |")  # fmt: skip
+    return out
 
 
 def _defaults_section(rows, grid) -> list[str]:
@@ -438,11 +457,11 @@ def main() -> None:
                                tune_only=True, blr=SWEEP_BASE_BLR[_kind(m)])
                   for m in sweep_methods for t in SWEEP_TASKS]  # fmt: skip
     if "table" in args.sections:
-        units += [vtab_command(data, w / "runs", ck, [t], [m], (0, 1) if m in DECIDING else (0,),
+        units += [vtab_command(data, w / "runs", ck, [t], [m], SEEDS if m in DECIDING else (0,),
                                (1.0,)) for m in methods for t in TASKS]  # fmt: skip
     if "convergence" in args.sections:
-        units += [vtab_command(data, w / "convergence", ck, [CONVERGENCE_TASK], [m], (0,), (1.0,),
-                               epochs=2 * EPOCHS) for m in DECIDING]  # fmt: skip
+        units += [vtab_command(data, w / "convergence", ck, [CONVERGENCE_TASK], [m], SEEDS,
+                               (1.0,), epochs=2 * EPOCHS) for m in DECIDING]  # fmt: skip
     if "precision" in args.sections:
         units.append(vtab_command(data, w / "fp32", ck, [CONVERGENCE_TASK], ["adaptformer-64"],
                                   (0,), (1.0,), precision="fp32"))  # fmt: skip
@@ -465,12 +484,12 @@ def main() -> None:
         rows = collect(data, w / "runs", ck, TASKS, methods, (0,), (1.0,))
         deciding = [m for m in DECIDING if m in methods]
         if deciding:
-            rows += [r for r in collect(data, w / "runs", ck, TASKS, deciding, (0, 1), (1.0,))
+            rows += [r for r in collect(data, w / "runs", ck, TASKS, deciding, SEEDS, (1.0,))
                      if r["seed"]]  # fmt: skip
         result["rows"] = rows
     if "convergence" in args.sections:
         result["convergence"] = collect(data, w / "convergence", ck, [CONVERGENCE_TASK],
-                                        DECIDING, (0,), (1.0,), epochs=2 * EPOCHS)  # fmt: skip
+                                        DECIDING, SEEDS, (1.0,), epochs=2 * EPOCHS)  # fmt: skip
     if "precision" in args.sections:
         result["fp32"] = collect(data, w / "fp32", ck, [CONVERGENCE_TASK], ["adaptformer-64"],
                                  (0,), (1.0,), precision="fp32")  # fmt: skip

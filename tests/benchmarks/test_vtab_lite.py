@@ -59,22 +59,28 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
             )
     sweep = [{"base_blr": 4e-3, **{k: r[k] for k in ("task", "method", "blr", "val200_top1")}}
              for r in rows]  # fmt: skip
+    seed1 = {**rows[1], "seed": 1, "test_top1": 78.0}
+    rows.append(seed1)
     result = {
         "machine": {"date": "2026-12-01", "cpu": "cpu", "cores": 2, "torch": "2"},
         "common": script.COMMON, "lr_grid": [0.3, 1.0, 3.0], "rows": rows, "sweep": sweep,
-        "convergence": [{**rows[1], "epochs": 20, "test_top1": 80.5}],
+        "convergence": [{**rows[1], "epochs": 20, "test_top1": 80.5},
+                        {**seed1, "epochs": 20, "test_top1": 80.5}],
         "step_times": {"rows": [{"method": "adaptformer", "precision": p, "images_per_s": v}
                                 for p, v in (("fp32", 25.0), ("bf16", 36.0))]},
         "fp32": [{**rows[1], "test_top1": 79.0}],
     }  # fmt: skip
     md = script.render(result, tmp_path)
-    assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 80.0 | 80.0 |" in md
+    assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 79.0 ± 1.4 | 80.0 |" in md
     default = script_default("adaptformer")
     assert (
         f"| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 | {default} |"
         in md
     )
-    assert "| adaptformer-64 | eurosat | 10 | 80.0 | 20 | 80.5 | +0.5 |" in md
+    assert "| adaptformer-64 | eurosat | 0 | 10 | 80.0 | 20 | 80.5 | +0.5 |" in md
+    assert "| adaptformer-64 | eurosat | 1 | 10 | 78.0 | 20 | 80.5 | +2.5 |" in md
+    # the check reads the seeds' mean: (80.0 + 78.0) / 2 -> 80.5
+    assert "| **adaptformer-64** | eurosat | mean | 10 | 79.0 | 20 | 80.5 | **+1.5** |" in md
     assert "val200 top-1 on eurosat / dsprites_loc for each multiple" in md
     assert "| adaptformer | 25.0 | 36.0 |" in md and "scores 79.0 in fp32 and 80.0 in bf16" in md
     assert (tmp_path / "vtab_lite.png").read_bytes()[:4] == b"\x89PNG"
