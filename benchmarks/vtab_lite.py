@@ -66,11 +66,12 @@ SWEEP_BASE_BLR = {"linear": 4e-2, "full": 4e-4, "bitfit": 4e-3, "vpt": 4e-3, "lo
                   "adaptformer": 1.6e-2, "adapter_plus": 4e-3, "houlsby": 4e-3,
                   "pfeiffer": 4e-3}  # fmt: skip
 LR_GRID = (0.3, 1.0, 3.0, 9.0, 27.0)
-# The adapter family's presets joined later: their first three points are x0.3 to x3 of
-# Adapter+'s recipe (AdamW 1e-3 at batch 64 = blr 4e-3), extended by the same rule.
+# The adapter family's presets joined later: x0.3 to x9 of Adapter+'s recipe (AdamW 1e-3 at
+# batch 64 = blr 4e-3), x9 run from the start (their scale of 1 against AdaptFormer's 0.1 made a
+# higher best likely), extended by the same rule.
 SWEEP_TOP = {"linear": 27.0, "full": 3.0, "bitfit": 27.0, "vpt-10": 27.0, "lora-8": 9.0,
-             "adaptformer-64": 9.0, "adapter_plus-8": 3.0, "houlsby-8": 3.0,
-             "pfeiffer-48": 3.0}  # fmt: skip
+             "adaptformer-64": 9.0, "adapter_plus-8": 9.0, "houlsby-8": 9.0,
+             "pfeiffer-48": 9.0}  # fmt: skip
 SWEEP_GRID = {m: tuple(g for g in LR_GRID if g <= SWEEP_TOP[m]) for m in SWEEP_METHODS}
 EPOCHS = 6
 CONVERGENCE_TASK = "eurosat"
