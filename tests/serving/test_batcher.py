@@ -4,6 +4,7 @@ to offline `forward_tasks`, the bounded queue, and stopping answers what is queu
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -91,3 +92,32 @@ def test_settings_are_checked(model):
         Batcher(model, torch.device("cpu"), max_batch=0)
     with pytest.raises(ValueError, match="batching mode"):
         Batcher(model, torch.device("cpu"), mode="sometimes")
+
+
+def test_closed_loop_clients_answered_together_come_back_into_one_pass(model):
+    """After a pass of 4 rows, the first row back waits (up to max_wait) for the other 3 clients
+    instead of starting a pass of its own (or two cohorts would take turns); a lone client's next
+    row runs at once."""
+    stats: list[BatchStats] = []
+    batcher = Batcher(model, torch.device("cpu"), max_batch=8, max_wait=5.0,
+                      on_batch=stats.append, coming=lambda: 0)  # fmt: skip
+    x = torch.randn(4, 3, 32, 32)
+
+    def answered(futures) -> None:
+        for f in futures:
+            f.result(timeout=60)
+
+    batcher.start()
+    try:
+        answered(batcher.submit([(x[0], "a")]))
+        answered(batcher.submit([(x[1], "b")]))  # one row answered, one back: no wait
+        answered(batcher.submit([(x[i], "abc"[i % 3]) for i in range(4)]))  # 4 clients at once
+        back = batcher.submit([(x[0], "a")])  # the first of the 4 answered clients returns
+        time.sleep(0.3)
+        back += batcher.submit([(x[i], "b") for i in range(1, 4)])  # ... then the other three
+        answered(back)
+        assert [s.size for s in stats] == [1, 1, 4, 4]  # not [..., 1, 3]
+        assert max(stats[1].waited) < 2.0 and max(stats[2].waited) < 2.0
+        assert 0.25 < max(stats[3].waited) < 2.0  # waited for the three, not for max_wait
+    finally:
+        batcher.stop()

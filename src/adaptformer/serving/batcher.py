@@ -4,8 +4,9 @@ A row is one preprocessed image and the task version that must answer it. The mo
 takes the oldest row, waits at most ``max_wait`` seconds for up to ``max_batch`` rows, whatever
 their tasks, and runs them as ONE mixed-task forward pass (:func:`adaptformer.forward_tasks`).
 The wait counts from the oldest row's arrival or from the end of the previous pass, whichever is
-later, and lasts only while more rows are on their way (``coming``: requests being read or
-decoded). So a lone request on an idle server runs at once, and under load the model does not
+later, and lasts only while more rows are on their way: requests being read or decoded
+(``coming``), or, right after a pass, fewer rows back than it answered (closed-loop clients
+send again as soon as they are answered). So a lone request on an idle server runs at once, and under load the model does not
 start a small pass the moment one ends while the next requests are still being decoded: small
 passes of many tasks cost the most per row, and on a shared CPU they also take the cycles the
 decoding needs, which would make the next pass small again. This is how one frozen backbone pays off in a service
@@ -124,6 +125,7 @@ class Batcher:
         self._hurry = False  # shutting down: run what is queued without waiting for more
         self._seconds_per_row = 0.0  # running estimate, for Retry-After
         self._free_since = 0.0  # when the last pass ended
+        self._answered = 0  # rows it answered
         self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
 
     # -- public -----------------------------------------------------------------------------------
@@ -181,10 +183,20 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = max(self._queue[0].arrived, self._free_since) + self.max_wait
+            first = self._queue[0].arrived
+            deadline = max(first, self._free_since) + self.max_wait
+            # Closed-loop clients send again as soon as they are answered, but nothing says they
+            # are coming until their next request is being read. So right after a pass, expect
+            # as many rows back as it answered, and wait for them (up to the deadline) like for
+            # rows being decoded; otherwise the first one back would start a pass of its own,
+            # or the queue would settle into two cohorts that take turns, each waiting for the
+            # other's pass. A lone client (one row answered, one back) still runs at once.
+            back = self._answered if first <= self._free_since + self.max_wait else 0
             while len(self._queue) < self.max_batch and not (self._stopping or self._hurry):
                 if self.coming is not None and self.coming() == 0:
-                    break  # nobody else is on the way: waiting would only add latency
+                    returned = sum(r.arrived >= self._free_since for r in self._queue)
+                    if returned >= back:
+                        break  # nobody else is on the way: waiting would only add latency
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
@@ -200,6 +212,7 @@ class Batcher:
             if self.on_done is not None:
                 self.on_done(batch)
             self._free_since = time.perf_counter()
+            self._answered = len(batch)
 
     def _run(self, rows: list[Row]) -> None:
         start = time.perf_counter()
