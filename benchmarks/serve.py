@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -331,11 +332,47 @@ def check(slices: list[dict], top: dict) -> dict:
 
 
 # -- report --------------------------------------------------------------------------------------
+def _load(machine: dict) -> str:
+    if "others_cpu" not in machine:
+        return "other load not recorded"
+    return f"other processes used {machine['others_cpu']:.0%} of them during the run"
+
+
+class OtherLoad:
+    """The share of the machine's CPU time that processes outside this benchmark used.
+
+    Busy time of all cores (``/proc/stat``) minus this process's and its waited-for children's
+    (the servers'), over wall time x cores: whether the numbers were taken on a quiet machine.
+    """
+
+    def __init__(self) -> None:
+        self.start = (time.monotonic(), _busy_seconds(), _own_seconds())
+
+    def share(self) -> float:
+        wall, busy, own = (b - a for a, b in zip(self.start, (time.monotonic(), _busy_seconds(),
+                                                              _own_seconds()), strict=True))  # fmt: skip
+        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+def _busy_seconds() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"- command: `{report['command']}`",
-        f"- machine: {m['cpu']}, {m['nproc']} cores shared with another benchmark, server with "
+        f"- machine: {m['cpu']}, {m['nproc']} cores ({_load(m)}), server with "
         f"1 torch thread and 1 decode thread; torch {report['torch']}, timm {report['timm']}; "
         f"{report['date']}",
         f"- {report['scenario']} on {report['backbone']} at {report['img_size']} px; "
@@ -422,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="serve", help="file stem under --out (default: serve)")
     p.add_argument("--docs", action="store_true", help="write the table into docs/serving.md")
     args = p.parse_args(argv)
+    others = OtherLoad()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"{args.checkpoint} not found: pass --checkpoint PATH")
@@ -455,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 points.append(point)
     report = {
         "command": shlex.join(["python", "benchmarks/serve.py", *(argv or sys.argv[1:])]),
-        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "others_cpu": others.share()},
         "torch": torch.__version__,
         "timm": timm.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
