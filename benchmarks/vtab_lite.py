@@ -475,8 +475,9 @@ def main() -> None:
     previous = json.loads(record.read_text()) if record.is_file() else {}
     # --report runs nothing: the date and machine stay those of the runs it reports
     here = previous["machine"] if args.report and "machine" in previous else machine()
-    result: dict[str, Any] = {"machine": here, "common": COMMON, "lr_grid": LR_GRID,
-                              "command": command + " --update-docs"}  # fmt: skip
+    result: dict[str, Any] = {"machine": here, "common": COMMON, "lr_grid": LR_GRID}
+    if "table" in args.sections:  # the header's command is the one that made the table
+        result["command"] = command + " --update-docs"
     if "defaults" in args.sections:
         result["sweep"] = sweep_so_far(data, w / "sweep", ck, sweep_methods)
         result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])

@@ -126,6 +126,8 @@ class Batcher:
         self._seconds_per_row = 0.0  # running estimate, for Retry-After
         self._free_since = 0.0  # when the last pass ended
         self._answered = 0  # rows it answered
+        self._answered_at = 0.0  # when it began to answer them: a row sent since is one back
+        self._delivering: float | None = None
         self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
 
     # -- public -----------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class Batcher:
             back = self._answered if first <= self._free_since + self.max_wait else 0
             while len(self._queue) < self.max_batch and not (self._stopping or self._hurry):
                 if self.coming is not None and self.coming() == 0:
-                    returned = sum(r.arrived >= self._free_since for r in self._queue)
+                    returned = sum(r.arrived >= self._answered_at for r in self._queue)
                     if returned >= back:
                         break  # nobody else is on the way: waiting would only add latency
                 left = deadline - time.perf_counter()
@@ -206,13 +208,20 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
+            self._delivering = None
             groups = _by_task(batch) if self.mode == "per-task" else [batch]
             for rows in groups:
                 self._run(rows)
             if self.on_done is not None:
                 self.on_done(batch)
             self._free_since = time.perf_counter()
-            self._answered = len(batch)
+            self._answered, self._answered_at = len(batch), self._delivering or self._free_since
+
+    def _mark_delivery(self) -> None:
+        """Note when the batch's first answers go out: a client answered then may send again
+        before the pass's bookkeeping ends, and its row must count as one back."""
+        if self._delivering is None:
+            self._delivering = time.perf_counter()
 
     def _run(self, rows: list[Row]) -> None:
         start = time.perf_counter()
@@ -221,10 +230,12 @@ class Batcher:
             with self.model_lock, torch.inference_mode():
                 out = forward_tasks(self.model, x, [r.task for r in rows])
             logits = out.logits.float().cpu()
+            self._mark_delivery()
             for r, row, width in zip(rows, logits, out.num_classes, strict=True):
                 r.future.set_result(row[:width])
         except Exception as err:  # a failed pass answers its rows; the server keeps serving
             _log.exception("a forward pass of %d rows failed", len(rows))
+            self._mark_delivery()
             for r in rows:
                 if not r.future.done():
                     r.future.set_exception(err)
