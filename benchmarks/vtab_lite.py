@@ -223,13 +223,14 @@ def _seconds(spec: str, train_images: int, eval_images: int) -> float:
     return train_images / _SPEED[_kind(spec)] + eval_images / _EVAL_SPEED
 
 
-def plan() -> dict[str, float]:
-    """Estimated hours per section on 2 cores (two processes side by side)."""
+def plan(methods=METHODS) -> dict[str, float]:
+    """Estimated hours per section on 2 cores (two processes side by side) for ``methods``."""
     test = 2000
     sweep = sum(len(SWEEP_GRID[m]) * _seconds(m, 800 * EPOCHS, 200 * 1)
-                for m in SWEEP_METHODS for _ in SWEEP_TASKS)  # fmt: skip
+                for m in SWEEP_METHODS if _kind(m) in {_kind(x) for x in methods}
+                for _ in SWEEP_TASKS)  # fmt: skip
     table = sum((2 if m in DECIDING else 1) * _seconds(m, 1000 * EPOCHS, test)
-                for m in METHODS for _ in TASKS)  # fmt: skip
+                for m in methods for _ in TASKS)  # fmt: skip
     conv = len(SEEDS) * sum(_seconds(m, 2000 * EPOCHS, test) for m in DECIDING)
     fp32 = 1.5 * _seconds("adaptformer", 1000 * EPOCHS, test)
     hours = {
@@ -445,7 +446,8 @@ def main() -> None:
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
     if args.plan:
-        print(json.dumps({k: round(v, 2) for k, v in plan().items()}), "hours on 2 cores")
+        hours = plan([m for m in METHODS if m in args.methods])
+        print(json.dumps({k: round(v, 2) for k, v in hours.items()}), "hours on 2 cores")
         return
     data = ensure_data(args.work / "data")
     ck = args.checkpoint.resolve()

@@ -35,6 +35,8 @@ def test_the_headline_fits_the_five_hour_budget():
     assert set(hours) == {*script.SECTIONS, "headline", "total"}
     assert hours["headline"] == pytest.approx(hours["total"] - hours["defaults"])
     assert hours["headline"] <= 5.0
+    some = script.plan(["linear", "adapter_plus-8"])  # --plan --methods: only their runs
+    assert 0 < some["table"] < hours["table"] and 0 < some["defaults"] < hours["defaults"]
 
 
 def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
