@@ -71,7 +71,7 @@ LR_GRID = (0.3, 1.0, 3.0, 9.0, 27.0)
 # higher best likely), extended by the same rule.
 SWEEP_TOP = {"linear": 27.0, "full": 3.0, "bitfit": 27.0, "vpt-10": 27.0, "lora-8": 9.0,
              "adaptformer-64": 9.0, "adapter_plus-8": 27.0, "houlsby-8": 9.0,
-             "pfeiffer-48": 9.0}  # fmt: skip
+             "pfeiffer-48": 27.0}  # fmt: skip
 SWEEP_GRID = {m: tuple(g for g in LR_GRID if g <= SWEEP_TOP[m]) for m in SWEEP_METHODS}
 EPOCHS = 6
 CONVERGENCE_TASK = "eurosat"
