@@ -31,15 +31,13 @@ WARMUP_FRACTION = 0.1
 # largest point lost, so none of these sits on the edge of what was measured (docs/results.md
 # lists every point). AdaptFormer's is 4x LoRA's: its output is scaled by 0.1, which AdamW's
 # step size does not see. SGD: the paper's blr 0.1 for the methods that train few parameters;
-# full fine-tuning collapses at 0.1, so it gets a tenth of it. Pfeiffer has not been swept yet:
-# it starts from LoRA's value, whose update has the same unit scale (no 0.1 multiplier), until
-# its sweep lands.
+# full fine-tuning collapses at 0.1, so it gets a tenth of it.
 DEFAULT_BLR: dict[str, dict[str, float]] = {
     "adamw": {
         "adaptformer": 4.8e-2,
         "adapter_plus": 3.6e-2,
         "houlsby": 1.2e-2,
-        "pfeiffer": 1.2e-2,
+        "pfeiffer": 3.6e-2,
         "linear": 0.36,
         "full": 4e-4,
         "vpt": 3.6e-2,
