@@ -346,12 +346,12 @@ class OtherLoad:
     """
 
     def __init__(self) -> None:
-        self.start = (time.monotonic(), _busy_seconds(), _own_seconds())
+        self.wall, self.busy, self.own = time.monotonic(), _busy_seconds(), _own_seconds()
 
     def share(self) -> float:
-        wall, busy, own = (b - a for a, b in zip(self.start, (time.monotonic(), _busy_seconds(),
-                                                              _own_seconds()), strict=True))  # fmt: skip
-        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+        wall = time.monotonic() - self.wall
+        others = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        return max(0.0, others / (wall * (os.cpu_count() or 1)))
 
 
 def _busy_seconds() -> float:

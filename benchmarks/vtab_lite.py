@@ -223,12 +223,17 @@ def _seconds(spec: str, train_images: int, eval_images: int) -> float:
     return train_images / _SPEED[_kind(spec)] + eval_images / _EVAL_SPEED
 
 
+def sweep_methods_of(methods) -> list[str]:
+    """The sweep's rows that choose the defaults of ``methods``' kinds (lora-8 -> lora-8)."""
+    kinds = {_kind(m) for m in methods}
+    return [m for m in SWEEP_METHODS if _kind(m) in kinds]
+
+
 def plan(methods=METHODS) -> dict[str, float]:
     """Estimated hours per section on 2 cores (two processes side by side) for ``methods``."""
     test = 2000
     sweep = sum(len(SWEEP_GRID[m]) * _seconds(m, 800 * EPOCHS, 200 * 1)
-                for m in SWEEP_METHODS if _kind(m) in {_kind(x) for x in methods}
-                for _ in SWEEP_TASKS)  # fmt: skip
+                for m in sweep_methods_of(methods) for _ in SWEEP_TASKS)  # fmt: skip
     table = sum((2 if m in DECIDING else 1) * _seconds(m, 1000 * EPOCHS, test)
                 for m in methods for _ in TASKS)  # fmt: skip
     conv = len(SEEDS) * sum(_seconds(m, 2000 * EPOCHS, test) for m in DECIDING)
@@ -453,7 +458,7 @@ def main() -> None:
     ck = args.checkpoint.resolve()
     w = args.work
     methods = [m for m in METHODS if m in args.methods]
-    sweep_methods = [m for m in SWEEP_METHODS if _kind(m) in {_kind(x) for x in methods}]
+    sweep_methods = sweep_methods_of(methods)
     units: list[list[str]] = []
     if "defaults" in args.sections:
         units += [vtab_command(data, w / "sweep", ck, [t], [m], (0,), SWEEP_GRID[m],

@@ -128,7 +128,6 @@ class Batcher:
         self._free_since = 0.0  # when the last pass ended
         self._answered = 0  # rows it answered
         self._answered_at = 0.0  # when it began to answer them: a row sent since is one back
-        self._delivering: float | None = None
         self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
 
     # -- public -----------------------------------------------------------------------------------
@@ -192,8 +191,8 @@ class Batcher:
             # are coming until their next request is being read. So right after a pass, expect
             # as many rows back as it answered, and wait for them (up to the deadline) like for
             # rows being decoded; otherwise the first one back starts a pass of its own (seen in
-            # the load test: passes of 1-3 rows between full ones with a 200 ms max wait). A lone
-            # client (one row answered, one back) still runs at once.
+            # a one-off trace of the load test with a 200 ms max wait: passes of 1-3 rows between
+            # full ones). A lone client (one row answered, one back) still runs at once.
             back = self._answered if first <= self._free_since + self.max_wait else 0
             while len(self._queue) < self.max_batch and not (self._stopping or self._hurry):
                 if self.coming is not None and self.coming() == 0:
@@ -209,34 +208,29 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            self._delivering = None
             groups = _by_task(batch) if self.mode == "per-task" else [batch]
-            for rows in groups:
-                self._run(rows)
+            # The first answers went out with the first group: a client answered then may send
+            # again before this bookkeeping ends, and its row must count as one back.
+            answered_at = min([self._run(rows) for rows in groups])
             if self.on_done is not None:
                 self.on_done(batch)
             self._free_since = time.perf_counter()
-            self._answered, self._answered_at = len(batch), self._delivering or self._free_since
+            self._answered, self._answered_at = len(batch), answered_at
 
-    def _mark_delivery(self) -> None:
-        """Note when the batch's first answers go out: a client answered then may send again
-        before the pass's bookkeeping ends, and its row must count as one back."""
-        if self._delivering is None:
-            self._delivering = time.perf_counter()
-
-    def _run(self, rows: list[Row]) -> None:
-        start = time.perf_counter()
+    def _run(self, rows: list[Row]) -> float:
+        """One forward pass; returns when its answers began to go out."""
+        start, answered_at = time.perf_counter(), math.inf
         try:
             x = torch.stack([r.x for r in rows]).to(self.device)
             with self.model_lock, torch.inference_mode():
                 out = forward_tasks(self.model, x, [r.task for r in rows])
             logits = out.logits.float().cpu()
-            self._mark_delivery()
+            answered_at = time.perf_counter()
             for r, row, width in zip(rows, logits, out.num_classes, strict=True):
                 r.future.set_result(row[:width])
         except Exception as err:  # a failed pass answers its rows; the server keeps serving
             _log.exception("a forward pass of %d rows failed", len(rows))
-            self._mark_delivery()
+            answered_at = min(answered_at, time.perf_counter())
             for r in rows:
                 if not r.future.done():
                     r.future.set_exception(err)
@@ -254,6 +248,7 @@ class Batcher:
                     waited=[start - r.arrived for r in rows],
                 )
             )
+        return answered_at
 
 
 def _by_task(rows: list[Row]) -> list[list[Row]]:
