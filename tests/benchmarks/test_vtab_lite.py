@@ -29,6 +29,17 @@ def test_every_command_is_a_valid_vtab_invocation():
     assert build_parser().parse_args(tune[3:]).tune_only
 
 
+def test_the_table_runs_every_first_seed_before_any_second():
+    script = load_script("vtab_lite")
+    units = script.table_units(Path("d"), Path("o"), Path("c"), script.METHODS)
+    parsed = [build_parser().parse_args(u[3:]) for u in units]
+    seeds = [a.seeds for a in parsed]
+    assert all(len(s) == 1 for s in seeds) and seeds == sorted(seeds)
+    twice = {a.methods[0] for a in parsed if a.seeds == [1]}
+    assert twice == set(script.TWO_SEEDS) >= {"adapter_plus-8", "houlsby-8", "pfeiffer-48"}
+    assert len(units) == len(script.TASKS) * (len(script.METHODS) + len(script.TWO_SEEDS))
+
+
 def test_the_headline_fits_the_five_hour_budget():
     script = load_script("vtab_lite")
     hours = script.plan()
@@ -74,6 +85,7 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
     }  # fmt: skip
     md = script.render(result, tmp_path)
     assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 79.0 ± 1.4 | 80.0 |" in md
+    assert "adaptformer-64: mean ± sd over seeds 0 and 1, the others seed 0." in md
     default = script_default("adaptformer")
     assert (
         f"| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 | {default} |"
