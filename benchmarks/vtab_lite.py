@@ -309,9 +309,11 @@ def render(result: dict[str, Any], images: Path) -> str:
 
     m, c = result["machine"], result["common"]
     rows = result.get("rows", [])
+    days = sorted({r["finished"] for r in rows if r.get("finished")})
+    when = f"runs finished {days[0]} to {days[-1]}" if len(days) > 1 else (days or [m["date"]])[0]
     lines = [
         f"Command: `{result.get('command', 'python benchmarks/vtab_lite.py --update-docs')}` "
-        f"({m['date']}, {m['cpu']}, "
+        f"({when}, {m['cpu']}, "
         f"{m['cores']} cores, torch {m['torch']}, two processes of one thread each). Shared "
         f"DINOv2 ViT-S/14, {c['img_size']} px ({c['img_size'] // 14}x{c['img_size'] // 14} "
         f"patches), no augmentation, batch {c['batch_size']}, {c['epochs']} epochs, AdamW, "

@@ -86,6 +86,10 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
     md = script.render(result, tmp_path)
     assert "| adaptformer-64 | 500.0 K | 2.0 MiB | 79.0 ± 1.4 | 80.0 |" in md
     assert "adaptformer-64: mean ± sd over seeds 0 and 1, the others seed 0." in md
+    assert "(2026-12-01, cpu, 2 cores" in md  # no run says when it finished: the machine's day
+    for i, row in enumerate(rows):
+        row["finished"] = f"2026-11-{28 + i % 2}"
+    assert "(runs finished 2026-11-28 to 2026-11-29, cpu" in script.render(result, tmp_path)
     default = script_default("adaptformer")
     assert (
         f"| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 | {default} |"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,19 @@ def test_protocol_resumes_a_cut_run_and_restarts_one_without_checkpoint(tmp_path
     run_protocol(p, fit, print)
     assert [c[4] for c in fit.calls] == [True, False, False]
     assert not (final / "config.yaml").exists()
+
+
+def test_each_row_says_the_day_its_run_finished(tmp_path):
+    make_vtab_task(tmp_path / "vtab", "eurosat")
+    p = _protocol(tmp_path / "vtab", tmp_path / "out", tasks=("eurosat",), seeds=(0,),
+                  lr_grid=(1.0,))  # fmt: skip
+    (row,) = run_protocol(p, FakeFit(), print)
+    summary = Path(p.config("final", "eurosat", "adaptformer-8", row["blr"], 0).output)
+    summary = summary / "summary.json"
+    assert row["finished"] == time.strftime("%Y-%m-%d", time.gmtime(summary.stat().st_mtime))
+    os.utime(summary, (0, 86400 * 365))  # a run finished long ago keeps its own day
+    (again,) = run_protocol(p, FakeFit(), print)
+    assert again["finished"] == "1971-01-01" and again["test_top1"] == row["test_top1"]
 
 
 def test_a_one_point_grid_skips_tuning(tmp_path):

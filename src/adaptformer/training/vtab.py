@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,8 @@ def run_protocol(
                     "seed": seed, "blr": blr, "default_blr": default,
                     "val200_top1": val200,
                     **{k: s.get(k) for k in ("test_top1", "trainable_params", "artifact_bytes",
-                                              "train_images_per_s", "seconds", "epochs")},
+                                              "train_images_per_s", "seconds", "epochs",
+                                              "finished")},
                 })  # fmt: skip
     p.output.mkdir(parents=True, exist_ok=True)
     (p.output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -158,7 +160,7 @@ def _run(
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         report(f"{label}: done before, top-1 {summary['test_top1']:.1f}")
-        return summary
+        return {**summary, "finished": _finished(summary_file)}
     resume = (out / "checkpoint.pt").is_file()
     if out.exists() and not resume:  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(out)
@@ -166,9 +168,16 @@ def _run(
     summary = fit(cfg, resume=resume, progress=False)
     summary["seconds"] = summary.get("seconds", time.time() - start)
     atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
+    summary["finished"] = _finished(summary_file)
     report(f"{label}: top-1 {summary['test_top1']:.1f} ({time.time() - start:.0f} s"
            f"{', resumed' if resume else ''})")  # fmt: skip
     return summary
+
+
+def _finished(summary_file: Path) -> str:
+    """The UTC day a run finished (its summary's write time): what a report's date says."""
+    stamp = summary_file.stat().st_mtime
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d")
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
