@@ -54,8 +54,8 @@ METHODS = ("linear", "full", "bitfit", "vpt-10", "lora-8", "adaptformer-8", "ada
            "adapter_plus-8", "houlsby-8", "pfeiffer-48")  # fmt: skip
 DECIDING = ("adaptformer-64", "full")  # the paper's comparison, also in the convergence check
 # The methods the table reports over two seeds: the paper's comparison, and the adapters the
-# family's "which adapter wins" statement compares with AdaptFormer-64 (one seed of dsprites_ori
-# moves by up to 18 points, more than the gaps between them).
+# family's "which adapter wins" statement compares with AdaptFormer-64 (two seeds of one method
+# differ by up to 27 points on a dsprites task, more than the gaps between methods).
 TWO_SEEDS = (*DECIDING, "adapter_plus-8", "houlsby-8", "pfeiffer-48")
 SEEDS = (0, 1)  # their seeds, in the table and in the convergence check
 # The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
