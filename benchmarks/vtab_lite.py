@@ -512,8 +512,7 @@ def main() -> None:
         rows = collect(data, w / "runs", ck, TASKS, methods, (0,), (1.0,))
         twice = [m for m in TWO_SEEDS if m in methods]
         if twice:
-            rows += [r for r in collect(data, w / "runs", ck, TASKS, twice, SEEDS, (1.0,))
-                     if r["seed"]]  # fmt: skip
+            rows += collect(data, w / "runs", ck, TASKS, twice, SEEDS[1:], (1.0,))
         result["rows"] = rows
     if "convergence" in args.sections:
         result["convergence"] = collect(data, w / "convergence", ck, [CONVERGENCE_TASK],

@@ -143,8 +143,8 @@ def run_protocol(
                     "seed": seed, "blr": blr, "default_blr": default,
                     "val200_top1": val200,
                     **{k: s.get(k) for k in ("test_top1", "trainable_params", "artifact_bytes",
-                                              "train_images_per_s", "seconds", "epochs",
-                                              "finished")},
+                                              "train_images_per_s", "seconds", "epochs")},
+                    "finished": _finished(Path(cfg.output) / "summary.json"),
                 })  # fmt: skip
     p.output.mkdir(parents=True, exist_ok=True)
     (p.output / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -160,7 +160,7 @@ def _run(
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         report(f"{label}: done before, top-1 {summary['test_top1']:.1f}")
-        return {**summary, "finished": _finished(summary_file)}
+        return summary
     resume = (out / "checkpoint.pt").is_file()
     if out.exists() and not resume:  # killed before its first checkpoint: nothing to keep
         shutil.rmtree(out)
@@ -168,7 +168,6 @@ def _run(
     summary = fit(cfg, resume=resume, progress=False)
     summary["seconds"] = summary.get("seconds", time.time() - start)
     atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
-    summary["finished"] = _finished(summary_file)
     report(f"{label}: top-1 {summary['test_top1']:.1f} ({time.time() - start:.0f} s"
            f"{', resumed' if resume else ''})")  # fmt: skip
     return summary
