@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,28 +60,42 @@ def test_predict_prints_top_k_labels(finished, setup):
     assert all(len(row["top"]) == 2 and row["top"][0][0].startswith("class_") for row in rows)
 
 
-def test_killed_run_resumes_to_the_identical_result(setup, finished):
-    """kill -9 after an epoch's checkpoint, then --resume: same summary, same adapter bytes."""
+def _children(pid: int) -> list[str]:
+    """The pids of ``pid``'s live child processes (its data-loader workers), from /proc."""
+    try:
+        return (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    except OSError:
+        return []
+
+
+def _without_workers_flag(args: list[str]) -> list[str]:
+    i = args.index("--workers")
+    return args[:i] + args[i + 2 :]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killed_run_resumes_at_once_to_the_identical_result(setup, finished):
+    """kill -9 a training with the default data-loader workers while they are alive, after its
+    first checkpoint, then --resume at once: no stale lock, and the same summary, adapter bytes
+    and losses as the unbroken run (which used --workers 0: augmentation must not depend on
+    the worker count)."""
     data, ckpt, root = setup
     out = root / "killed"
-    args = train_args(data, ckpt, out)
+    args = _without_workers_flag(train_args(data, ckpt, out))  # default --workers (2)
     proc = subprocess.Popen([sys.executable, "-m", "adaptformer", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
+    workers: list[str] = []
     while time.time() < deadline and proc.poll() is None:
-        if (
-            metrics.exists()
-            and len(metrics.read_text().splitlines()) >= 1
-            and (out / "checkpoint.pt").exists()
-        ):
+        workers = _children(proc.pid)
+        if (out / "checkpoint.pt").exists() and workers:
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (out / "summary.json").exists()
-    r = run_cli("train", "--resume", "--output", str(out), "--workers", "0")
+    assert workers and not (out / "summary.json").exists()
+    r = run_cli("train", "--resume", "--output", str(out))  # at once, default workers
     assert r.returncode == 0, r.stderr
     a = json.loads((finished / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
@@ -90,6 +105,30 @@ def test_killed_run_resumes_to_the_identical_result(setup, finished):
         out / "adapter_model.safetensors"
     ).read_bytes()
     assert _losses(finished) == _losses(out)
+
+
+def test_a_live_training_in_another_process_is_refused_by_pid(setup, tmp_path):
+    """Two live trainings on one folder: the second is refused with the first's pid."""
+    data, ckpt, _ = setup
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from adaptformer.training.run_folder import lock_run_folder\n"
+         "with lock_run_folder(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(120)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run_cli(*train_args(data, ckpt, out, *FAST))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"in use by another `adaptformer train` (pid {holder.pid}: " in r.stderr
+    assert "lock_run_folder" in r.stderr  # the holder's command line
+    r = run_cli(*train_args(data, ckpt, out, *FAST))  # the holder died: free at once
+    assert r.returncode == 0, r.stderr
 
 
 class _WritesAFile:

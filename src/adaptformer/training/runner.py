@@ -8,7 +8,6 @@ last checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -31,6 +30,7 @@ from ..utils import distributed as dist_utils
 from ..utils.distributed import resolve_device
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
+from .draws import SeededBatches, SeededDraws
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
 from .modality import Modality, data_stats, modality_of
 from .run_folder import (
@@ -38,13 +38,12 @@ from .run_folder import (
     TASK,
     atomic_torch_save,
     check_output,
+    claim_run_folder,
     damaged_checkpoint,
     default_output,
-    lock_run_folder,
     plot_learning_curve,
     prepare_resume,
     read_checkpoint,
-    remove_stale_temp_files,
     state_problems,
 )
 
@@ -160,12 +159,9 @@ def _fit(
     model.to(device)
     sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, info, cfg.seed)
 
-    with lock_run_folder(out) if info.is_main else contextlib.nullcontext():
-        if info.is_main:
-            check_output(out, resume)  # again: another run may have filled it meanwhile
-            remove_stale_temp_files(out)
-            if not resume:
-                cfg.save(out / "config.yaml")
+    with claim_run_folder(out, resume, info.is_main):
+        if info.is_main and not resume:
+            cfg.save(out / "config.yaml")
         dist_utils.barrier()
         run = Run(cfg, out, device, info, model, data, stats, fingerprint, modality)
         return _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(), progress)
@@ -201,8 +197,8 @@ def _train(
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         loader = DataLoader(
-            run.data.train,
-            batch_sampler=sampler,
+            SeededDraws(run.data.train),  # augmentation independent of workers and ranks
+            batch_sampler=SeededBatches(sampler, cfg.seed),
             num_workers=cfg.workers,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
             pin_memory=device.type == "cuda",
