@@ -478,3 +478,48 @@ def test_a_bare_missing_key_is_explained(monkeypatch, capsys):
     monkeypatch.setattr(models, "run", broken)
     code, err = _cli(capsys, "models")
     assert code == 2 and "missing key 'config'" in err
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(setup, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included) after the first checkpoint:
+    no traceback, exit 130, and the line says how to resume."""
+    import os
+
+    data, ckpt, _ = setup
+    out = tmp_path / "interrupted"
+    args = _without_workers_flag(train_args(data, ckpt, out, "--epochs", "30"))
+    proc = subprocess.Popen([sys.executable, "-m", "adaptformer", *args], text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.pt").exists():
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.02)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "adaptformer: interrupted; the last finished epoch is saved, resume with: "
+        f"adaptformer train --resume --output {out}"
+    )
+
+
+def test_the_last_line_names_the_run_folder_even_when_generated(setup, tmp_path):
+    data, ckpt, _ = setup
+    args = train_args(data, ckpt, tmp_path / "x", *FAST)
+    i = args.index("--output")
+    r = run_cli(*(args[:i] + args[i + 2 :]), cwd=tmp_path)  # no --output: runs/<generated>
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("run folder: runs/imagefolder-adaptformer-")
+    assert (tmp_path / last.removeprefix("run folder: ") / "summary.json").is_file()
+    assert "run_folder" not in json.loads(r.stdout)  # stdout stays the summary
+
+
+def test_an_unknown_device_is_one_line_with_the_choices(setup, tmp_path, capsys):
+    data, ckpt, _ = setup
+    code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "r", *FAST), "--device", "gpu")
+    assert code == 2
+    assert "--device gpu is not a device (did you mean cuda?); use auto, cpu, cuda" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 # Subcommand modules, in the order ``adaptformer --help`` lists them.
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand. User errors print one line and exit 2; a NaN loss exits 1."""
+    """Run a subcommand. User errors print one line and exit 2; a NaN loss exits 1; Ctrl-C
+    prints one line (with the resume command for a training) and exits 130, as shells do."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -49,10 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ..data.safe import UnreadableImageError
     from ..training.engine import NonFiniteLossError
-    from ..utils.errors import UserFacingError
+    from ..utils.errors import TrainingInterrupted, UserFacingError
 
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as e:
+        print(
+            "adaptformer: interrupted; the last finished epoch is saved, resume with: "
+            f"adaptformer train --resume --output {shlex.quote(e.run_folder)}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("adaptformer: interrupted", file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:
         print(f"adaptformer: training stopped: {e}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..training.config import TrainConfig, read_yaml
 from .options import add_dataclass_flags, given
@@ -37,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = fit(config_from_args(args), resume=args.resume)
     if summary:
+        folder = summary.pop("run_folder")
         print(json.dumps(summary, indent=2))
+        # The last line says where the run is (stderr: stdout stays one JSON document).
+        print(f"run folder: {folder}", file=sys.stderr)
     return 0

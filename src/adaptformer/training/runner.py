@@ -28,6 +28,7 @@ from ..adapters.inject import inject
 from ..adapters.trainable import backbone_fingerprint, mark_trainable
 from ..utils import distributed as dist_utils
 from ..utils.distributed import resolve_device
+from ..utils.errors import TrainingInterrupted
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
 from .draws import SeededBatches, SeededDraws
@@ -114,7 +115,9 @@ class Run:
 
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Train, select on validation, evaluate the test split once; returns ``summary.json``."""
+    """Train, select on validation, evaluate the test split once; returns ``summary.json``'s
+    contents plus ``run_folder`` (the folder written, generated when ``cfg.output`` is empty)
+    on the main process, ``{}`` on the other DDP ranks."""
     if resume:
         cfg = prepare_resume(cfg)
     device = resolve_device(cfg.device)
@@ -164,7 +167,12 @@ def _fit(
             cfg.save(out / "config.yaml")
         dist_utils.barrier()
         run = Run(cfg, out, device, info, model, data, stats, fingerprint, modality)
-        return _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(), progress)
+        try:
+            summary = _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(),
+                             progress)  # fmt: skip
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(str(out)) from None
+    return {**summary, "run_folder": str(out)} if summary else summary
 
 
 def _train(
