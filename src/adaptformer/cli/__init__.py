@@ -17,6 +17,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "demo",
     "train",
     "vtab",
+    "compare",
     "eval",
     "predict",
     "serve",

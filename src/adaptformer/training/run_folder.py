@@ -250,31 +250,6 @@ def damaged_checkpoint(path: Path, problem: str) -> ValueError:
     )
 
 
-def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation accuracy per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] + 1 for r in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    metric = next((m for m in ("val_top1", "val_mAP") if history and m in history[0]), None)
-    if metric:
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [r[metric] for r in history], "s-", color="tab:orange", label=metric)
-        ax2.set_ylabel(f"{metric} (%)")
-        ax2.legend(loc="center right")
-    ax.legend(loc="upper right")
-    ax.set_title("learning curve")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def load_run(
     run_dir: str | Path, device: torch.device | None = None
 ) -> tuple[TrainConfig, nn.Module, dict[str, Any]]:

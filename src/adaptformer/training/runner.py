@@ -34,6 +34,7 @@ from .config import TrainConfig
 from .draws import SeededBatches, SeededDraws
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
 from .modality import Modality, data_stats, modality_of
+from .plots import plot_learning_curve
 from .run_folder import (
     CHECKPOINT,
     TASK,
@@ -42,7 +43,6 @@ from .run_folder import (
     claim_run_folder,
     damaged_checkpoint,
     default_output,
-    plot_learning_curve,
     prepare_resume,
     read_checkpoint,
     state_problems,
@@ -193,7 +193,7 @@ def _train(
     start_epoch, history, best = 0, [], {"score": None, "loss": None, "epoch": None, "state": None}
     if resume:
         start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
-        _log.info("resuming %s at epoch %d", run.out, start_epoch)
+        _log.info("resuming %s at epoch %d/%d", run.out, start_epoch + 1, cfg.epochs)
     _write_metrics(run, history)
     steps = (
         len(sampler)
@@ -228,8 +228,9 @@ def _train(
             best = {"score": score, "loss": loss, "epoch": epoch, "state": _task_state(model)}
         history.append(row)
         _log.info(
-            "epoch %d: %s",
-            epoch,
+            "epoch %d/%d: %s",
+            epoch + 1,
+            cfg.epochs,
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
         if info.is_main:
@@ -379,6 +380,7 @@ def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
         }
         summary = {k: v for k, v in summary.items() if v is not None}
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        plot_learning_curve(history, run.out / "learning_curve.png")
+        plot_learning_curve(history, run.out / "learning_curve.png", title=run.out.name,
+                            best_epoch=best["epoch"])  # fmt: skip
         _log.info("test: %s", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)})
     return summary
