@@ -11,6 +11,7 @@ import importlib
 import logging
 import shlex
 import sys
+from typing import NoReturn
 
 # Subcommand modules, in the order ``adaptformer --help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
@@ -29,8 +30,16 @@ SUBCOMMANDS: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error: argparse's default prints the whole
+    usage first (40 lines for ``train``), which buries the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"adaptformer: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adaptformer",
         description="Adapt pretrained Vision Transformers with AdaptFormer (NeurIPS 2022).",
     )

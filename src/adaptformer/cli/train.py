@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a task (adapter + head) and write a run folder",
         description="Train with a YAML config (--config) and flag overrides; "
-        "`torchrun --nproc_per_node=N -m adaptformer.cli train ...` runs DDP.",
+        "`torchrun --nproc_per_node=N -m adaptformer train ...` runs DDP.",
     )
     p.add_argument("--config", help="YAML file of options (flags override it)")
     p.add_argument(
