@@ -523,3 +523,23 @@ def test_an_unknown_device_is_one_line_with_the_choices(setup, tmp_path, capsys)
     code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "r", *FAST), "--device", "gpu")
     assert code == 2
     assert "--device gpu is not a device (did you mean cuda?); use auto, cpu, cuda" in err
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(setup, tmp_path, capsys, caplog):
+    data, ckpt, _ = setup
+    caplog.set_level("INFO")
+    out = tmp_path / "planned"
+    code, err = _cli(capsys, *train_args(data, ckpt, out), "--dry-run")
+    assert code == 0, err
+    assert "schedule: adamw" in caplog.text and "dry run: nothing written" in caplog.text
+    assert not out.exists()
+
+
+def test_the_first_epoch_says_how_long_the_run_will_take(setup, tmp_path, capsys, caplog):
+    data, ckpt, _ = setup
+    caplog.set_level("INFO")
+    code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "r", "--batch-size", "2"))
+    assert code == 0, err
+    speed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("speed: ")]
+    assert len(speed) == 1 and "images/s over 5 steps" in speed[0]
+    assert "for the 3 epochs to go" in speed[0]

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run in --output exactly where its last checkpoint stopped",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the model and data, print the plan (data, parameters, schedule) and stop "
+        "without writing anything",
+    )
     add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -36,7 +42,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from ..training.runner import fit
 
-    summary = fit(config_from_args(args), resume=args.resume)
+    summary = fit(config_from_args(args), resume=args.resume, dry_run=args.dry_run)
     if summary:
         folder = summary.pop("run_folder")
         print(json.dumps(summary, indent=2))

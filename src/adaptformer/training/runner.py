@@ -33,6 +33,7 @@ from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
 from .draws import SeededBatches, SeededDraws
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
+from .eta import EtaLoader
 from .modality import Modality, data_stats, modality_of
 from .plots import plot_learning_curve
 from .run_folder import (
@@ -114,7 +115,9 @@ class Run:
                                       progress, cfg.batch_size, cfg.workers)  # fmt: skip
 
 
-def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+def fit(
+    cfg: TrainConfig, resume: bool = False, progress: bool | None = None, dry_run: bool = False
+) -> dict[str, Any]:
     """Train, select on validation, evaluate the test split once; returns ``summary.json``'s
     contents plus ``run_folder`` (the folder written, generated when ``cfg.output`` is empty)
     on the main process, ``{}`` on the other DDP ranks."""
@@ -129,7 +132,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) ->
         torch.cuda.set_device(device)
     progress = sys.stderr.isatty() and info.is_main if progress is None else progress
     try:
-        return _fit(cfg, resume, device, info, progress)
+        return _fit(cfg, resume, device, info, progress, dry_run)
     finally:
         dist_utils.teardown()
 
@@ -140,6 +143,7 @@ def _fit(
     device: torch.device,
     info: dist_utils.DistInfo,
     progress: bool,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = Path(dist_utils.broadcast_object(cfg.output or default_output(cfg)))
@@ -161,6 +165,12 @@ def _fit(
         model.set_grad_checkpointing(True)
     model.to(device)
     sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, info, cfg.seed)
+    if dry_run:  # the plan, checked as far as it can be without writing or training
+        world_batch, schedule = plan_schedule(cfg, info)
+        steps = loader_steps(cfg, sampler) // cfg.accum_steps
+        _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps))
+        _log.info("dry run: nothing written; %s would hold the run", out)
+        return {}
 
     with claim_run_folder(out, resume, info.is_main):
         if info.is_main and not resume:
@@ -179,11 +189,9 @@ def _train(
     run: Run, sampler: GlobalBatchSampler, counts, resume: bool, progress: bool
 ) -> dict[str, Any]:
     cfg, info, device, model = run.cfg, run.info, run.device, run.model
-    world_batch = cfg.batch_size * cfg.accum_steps * info.world_size
-    lr = cfg.peak_lr(world_batch)
-    optimizer = make_optimizer(cfg, model, lr)
+    world_batch, schedule = plan_schedule(cfg, info)
+    optimizer = make_optimizer(cfg, model, schedule.lr)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    schedule = Schedule(lr, cfg.min_lr, cfg.resolved_warmup_epochs, cfg.epochs)
     ddp = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if info.enabled
@@ -195,11 +203,7 @@ def _train(
         start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
         _log.info("resuming %s at epoch %d/%d", run.out, start_epoch + 1, cfg.epochs)
     _write_metrics(run, history)
-    steps = (
-        len(sampler)
-        if cfg.max_steps_per_epoch is None
-        else min(len(sampler), cfg.max_steps_per_epoch * cfg.accum_steps)
-    )
+    steps = loader_steps(cfg, sampler)
     _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps // cfg.accum_steps))
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -212,6 +216,8 @@ def _train(
             pin_memory=device.type == "cuda",
             collate_fn=run.modality.collate(),
         )
+        if epoch == start_epoch and info.is_main:  # say what the run costs a few steps in
+            loader = EtaLoader(loader, steps, cfg.epochs - start_epoch, info.world_size)
         t0 = time.time()
         row: dict[str, Any] = {"epoch": epoch}
         row |= train_one_epoch(
@@ -238,6 +244,20 @@ def _train(
             _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best)
         dist_utils.barrier()
     return _finish(run, counts, history, best, progress)
+
+
+def plan_schedule(cfg: TrainConfig, info: dist_utils.DistInfo) -> tuple[int, Schedule]:
+    """The total batch of one optimizer step and the learning-rate schedule it implies."""
+    world_batch = cfg.batch_size * cfg.accum_steps * info.world_size
+    lr = cfg.peak_lr(world_batch)
+    return world_batch, Schedule(lr, cfg.min_lr, cfg.resolved_warmup_epochs, cfg.epochs)
+
+
+def loader_steps(cfg: TrainConfig, sampler: GlobalBatchSampler) -> int:
+    """Batches per epoch (``--max-steps-per-epoch`` counts optimizer steps)."""
+    if cfg.max_steps_per_epoch is None:
+        return len(sampler)
+    return min(len(sampler), cfg.max_steps_per_epoch * cfg.accum_steps)
 
 
 def describe_schedule(
