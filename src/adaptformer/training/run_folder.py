@@ -37,9 +37,14 @@ RESUMABLE_OVERRIDES = ("workers", "device", "output")
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill or a full disk
-    leaves the old file (see :func:`adaptformer.utils.files.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    leaves the old file (see :func:`adaptformer.utils.files.atomic_path`).
+
+    torch writes through a Python file object here: given a path, its C++ writer reports a full
+    disk as "unexpected pos 704 vs 598" or "basic_ios::clear", which says nothing of the disk;
+    a Python file raises ``OSError`` ENOSPC, which ``atomic_path`` turns into its one line.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def default_output(cfg: TrainConfig) -> str:

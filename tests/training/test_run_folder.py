@@ -1,0 +1,74 @@
+"""A run folder's files under hostile conditions: a full disk while training (issue 24, item
+13) and checkpoints whose values have the wrong type or shape (item 12)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptformer.cli import main
+from adaptformer.training.run_folder import read_checkpoint
+
+from ..runs import make_checkpoint, make_image_folder, train_args
+
+FULL = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+FAST = ("--epochs", "2", "--batch-size", "4", "--warmup-epochs", "0", "--max-steps-per-epoch", "1", "--bottleneck", "4")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("fulldisk")
+    return make_image_folder(root / "data", 4, 1), make_checkpoint(root / "vit.safetensors")
+
+
+def _disk_fills_after(monkeypatch, saves: int) -> None:
+    """``torch.save`` works ``saves`` times, then writes as it would to a full disk: to a path,
+    torch's own writer fails (a RuntimeError that does not say why); to an open file, the
+    file's write raises OSError ENOSPC."""
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) <= saves:
+            return real(obj, f, *args, **kwargs)
+        if isinstance(f, (str, os.PathLike)):
+            return real(obj, str(FULL), *args, **kwargs)
+        with open(FULL, "wb") as full:
+            return real(obj, full, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full (Linux)")
+def test_full_disk_while_checkpointing_is_exit_2_and_keeps_the_last_checkpoint(
+    setup, tmp_path, monkeypatch, capsys
+):
+    data, ckpt = setup
+    out = tmp_path / "run"
+    _disk_fills_after(monkeypatch, saves=1)  # epoch 1's checkpoint is written, epoch 2's not
+    code = main(train_args(data, ckpt, out, *FAST))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("adaptformer: error: no space left on device")
+    assert read_checkpoint(out / "checkpoint.pt")["next_epoch"] == 1  # the last one survives
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_full_disk_anywhere_in_a_command_is_exit_2(setup, tmp_path, monkeypatch, capsys):
+    """Writes outside the atomic helpers (a plot, a log) fail with a bare OSError ENOSPC."""
+    import adaptformer.training.runner as runner
+
+    def plot(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "learning_curve.png")
+
+    monkeypatch.setattr(runner, "plot_learning_curve", plot)
+    data, ckpt = setup
+    code = main(train_args(data, ckpt, tmp_path / "run", *FAST))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "no space left on device" in err and "Traceback" not in err
