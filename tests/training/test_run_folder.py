@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,87 @@ def test_full_disk_anywhere_in_a_command_is_exit_2(setup, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert code == 2, err
     assert "no space left on device" in err and "Traceback" not in err
+
+
+# -- item 12: a checkpoint's values are type- and shape-checked when it is read ------------------
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing in the command catches it."""
+
+
+@pytest.fixture(scope="module")
+def interrupted(setup, tmp_path_factory) -> Path:
+    """A 2-epoch run killed after writing epoch 1's checkpoint: ``--resume`` trains epoch 2."""
+    import adaptformer.training.runner as runner
+
+    data, ckpt = setup
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    real, calls = runner._save_checkpoint, []
+
+    def save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise Killed
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "_save_checkpoint", save)
+        with pytest.raises(Killed):
+            main(train_args(data, ckpt, out, *FAST))
+    assert read_checkpoint(out / "checkpoint.pt")["next_epoch"] == 1
+    return out
+
+
+def _resume_with(folder: Path, tmp_path: Path, change, capsys) -> tuple[int, str]:
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    capsys.readouterr()
+    code = main(["train", "--resume", "--output", str(run), "--workers", "0"])
+    return code, capsys.readouterr().err
+
+
+def _first_state(ckpt) -> dict:
+    return next(iter(ckpt["optimizer"]["state"].values()))
+
+
+CHANGES = {
+    "string best score": (lambda c: c["best"].update(score="abc"), "best score"),
+    "nan best loss": (lambda c: c["best"].update(loss=float("nan")), "best loss"),
+    "string train loss": (lambda c: c["history"][0].update(train_loss="low"), "history"),
+    "epoch out of order": (lambda c: c["history"][0].update(epoch=7), "history"),
+    "optimizer not a mapping": (lambda c: c.update(optimizer=[1, 2]), "optimizer"),
+    "optimizer without state": (lambda c: c["optimizer"].pop("state"), "optimizer"),
+    "groups not a list": (lambda c: c["optimizer"].update(param_groups={}), "optimizer"),
+    "scaler not a mapping": (lambda c: c.update(scaler="x"), "scaler"),
+    "moment of a string": (lambda c: _first_state(c).update(exp_avg="x"), "optimizer state"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHANGES))
+def test_read_checkpoint_checks_types(interrupted, tmp_path, case):
+    change, words = CHANGES[case]
+    ckpt = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    change(ckpt)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=words) as err:
+        read_checkpoint(tmp_path / "checkpoint.pt")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: _first_state(c).update(exp_avg=torch.zeros(3, 3)),  # crashed in the 1st step
+        lambda c: c["best"].update(score="abc"),  # crashed comparing scores after the epoch
+    ],
+    ids=["wrong-shape moment", "string best score"],
+)
+def test_resume_refuses_a_damaged_checkpoint_in_one_line(interrupted, tmp_path, capsys, change):
+    code, err = _resume_with(interrupted, tmp_path, change, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("adaptformer: error:")

@@ -41,6 +41,7 @@ from .run_folder import (
     damaged_checkpoint,
     default_output,
     lock_run_folder,
+    optimizer_state_problems,
     plot_learning_curve,
     prepare_resume,
     read_checkpoint,
@@ -320,6 +321,9 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
         set_rng_state(ckpt["rng"])
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise damaged_checkpoint(path, f"optimizer or random state: {first_line(e)}") from None
+    problems = optimizer_state_problems(optimizer)
+    if problems:
+        raise damaged_checkpoint(path, "; ".join(problems))
     _load_task_state(run.model, ckpt["task_state"])
     return ckpt["next_epoch"], ckpt["history"], ckpt["best"]
 
