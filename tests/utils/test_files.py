@@ -150,3 +150,14 @@ def test_ordinary_nesting_is_read(tmp_path):
     path.write_text(json.dumps({"a": [[{"b": [1, 2]}]]}))
     assert read_json(path, "x") == {"a": [[{"b": [1, 2]}]]}
     assert loads_json('{"k": [1, {"x": null}]}', "a request") == {"k": [1, {"x": None}]}
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_a_5000_digit_number_is_one_line(tmp_path, suffix):
+    """Python refuses to convert ints of more than 4,300 digits with a bare ValueError."""
+    path = tmp_path / f"f.{suffix}"
+    path.write_text('{"a": ' + "1" * 5000 + "}" if suffix == "json" else "a: " + "1" * 5000)
+    read = read_json if suffix == "json" else read_yaml_mapping
+    with pytest.raises(ValueError, match=str(path)) as err:
+        read(path, "x") if suffix == "json" else read(path)
+    assert "\n" not in str(err.value)

@@ -146,7 +146,7 @@ def loads_json(text: str | bytes, what: str) -> Any:
         value = json.loads(text)
     except RecursionError:
         raise ValueError(_too_deep(what)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an int of 5,000 digits
         raise ValueError(first_line(e)) from None
     check_nesting(value, what)
     return value
@@ -239,7 +239,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except RecursionError:
         raise ValueError(f"config file {_too_deep(str(path))}: fix or replace it") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: bad UTF-8, an int of 5,000 digits
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
