@@ -142,3 +142,14 @@ def test_every_option_has_a_type_check():
     from adaptformer.training.config import field_types
 
     assert set(field_types()) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+def test_train_names_the_config_file_of_a_bad_value(tmp_path, capsys):
+    from adaptformer.cli import main
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("img_size: 100000\n")
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("adaptformer: error: img_size 100000 is too large: at most 1024")
+    assert str(path) in err[-1] and len(err) == 1
