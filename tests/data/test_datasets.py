@@ -487,3 +487,10 @@ def test_a_class_folder_linked_from_outside_the_data_root_is_read(tmp_path: Path
     _link(root / "val" / "fox", store / "fox_test")
     splits = _build("imagefolder", root, val_fraction=0.0)
     assert splits.classes == ["cat", "dog", "eel", "fox"] and len(splits.train) == 8
+
+
+def test_a_link_into_a_named_test_split_is_an_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=2, n_test=1, test_name="holdout")
+    _link(tmp_path / "train" / "evil", "../holdout/cat")
+    with pytest.raises(ValueError, match="inside holdout/"):
+        _build("imagefolder", tmp_path, val_fraction=0.0, test_split="holdout")

@@ -314,7 +314,7 @@ def _imagefolder(cfg: DataConfig) -> _Raw:
     test_dir = root / test_name
     if not test_dir.is_dir():
         raise _layout_error(cfg, f"no {test_name}/ folder in {root}")
-    guard = _LinkGuard(root)
+    guard = _LinkGuard(root, test_name)
     classes = sorted(p.name for p in guard.class_folders("train"))
     extra = sorted(p.name for p in guard.class_folders(test_name) if p.name not in classes)
     if extra:
@@ -347,12 +347,12 @@ class _LinkGuard:
 
     SPLITS = ("train", "val", "test")
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, test_name: str) -> None:
         self.root = root
         self.real = Path(os.path.realpath(root))
         self.splits = {
             name: Path(os.path.realpath(root / name))
-            for name in self.SPLITS
+            for name in dict.fromkeys((*self.SPLITS, test_name))  # test_split may be any folder
             if (root / name).is_dir()
         }
         for name in self.splits:  # a split folder that is a link to the root or another split
