@@ -416,8 +416,9 @@ def test_predict_refuses_thin_images_and_other_decoders(run, tmp_path, capsys, m
 
 
 def test_http_answers_untrusted_files_and_uploads_with_4xx_json(run, tmp_path, capsys, monkeypatch):
-    """PUT of a run whose adapter_config.json nests '[' * 200000 deep, and uploads that are thin
-    or PostScript: a 4xx with a JSON error, and the served task keeps answering."""
+    """PUT of a run whose adapter_config.json nests '[' * 200000 deep, request bodies that do,
+    and uploads that are thin or PostScript: a 4xx with a JSON error, and the served task keeps
+    answering."""
     pytest.importorskip("httpx")
     from PIL import EpsImagePlugin
     from starlette.testclient import TestClient
@@ -445,4 +446,10 @@ def test_http_answers_untrusted_files_and_uploads_with_4xx_json(run, tmp_path, c
         for upload, words in ((thin, "at most 20:1"), (EPS, "not a JPEG")):
             answer = client.post("/v1/predict", files={"image": ("x.png", upload)})
             assert answer.status_code == 422 and words in answer.json()["error"], answer.text
+        json_body = {"content-type": "application/json"}
+        for answer in (
+            client.post("/v1/predict", content=DEEP, headers=json_body),
+            client.put("/v1/tasks/deep", content=DEEP, headers={**auth, **json_body}),
+        ):
+            assert answer.status_code == 400 and "malformed JSON" in answer.json()["error"]
         assert client.post("/v1/predict", files={"image": ("x.png", good)}).status_code == 200
