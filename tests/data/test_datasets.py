@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +431,66 @@ def test_an_empty_class_folder_is_an_error(tmp_path: Path) -> None:
         f.unlink()
     with pytest.raises(FileNotFoundError, match="no images in .*train/dog/"):
         _build("imagefolder", tmp_path)
+
+
+# -- issue 24, item 8: a folder link at or above the data root, or into another split, is an error
+
+
+def _link(at: Path, to: str | Path) -> None:
+    at.symlink_to(to, target_is_directory=True)
+
+
+LINKS = {  # where the link is (below the data root), what it points to, what the error says
+    "class -> ..": ("train/evil", "..", "at the data root"),
+    "class -> root's parent": ("train/evil", "../..", "above the data root"),
+    "class -> /": ("train/evil", "/", "above the data root"),
+    "class -> other split": ("train/evil", "../val/cat", "inside val/"),
+    "class -> its own split": ("train/evil", "cat", "inside train/"),
+    "nested -> other split": ("train/cat/more", "../../val/dog", "inside val/"),
+    "nested -> above root": ("train/cat/up", "../../..", "above the data root"),
+    "test class -> train": ("val/evil", "../train/cat", "inside train/"),
+    "split -> other split": ("val", "train", "inside train/"),
+    "split -> root": ("val", ".", "at the data root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINKS))
+def test_folder_links_out_of_place_are_errors(tmp_path: Path, case: str) -> None:
+    where, to, words = LINKS[case]
+    root = tmp_path / "data"
+    make_imagefolder(root, n_train=2, n_test=1)
+    link = root / where
+    if link.exists():  # a split replaced by a link
+        shutil.rmtree(link)
+    _link(link, to)
+    with pytest.raises(ValueError, match=f"{words}.*no folder link may") as err:
+        _build("imagefolder", root, val_fraction=0.0)
+    assert str(link) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_link_into_another_split_is_an_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=2, n_test=1)
+    leak = tmp_path / "train" / "cat" / "leak.jpg"
+    leak.symlink_to(tmp_path / "val" / "cat" / "cat_000.jpg")
+    with pytest.raises(ValueError, match=r"leak\.jpg .*inside val/"):
+        _build("imagefolder", tmp_path, val_fraction=0.0)
+
+
+def test_a_class_folder_linked_from_outside_the_data_root_is_read(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for i in range(2):
+        write_image(store / "fox" / f"fox_{i}.jpg", 2)
+        write_image(store / "fox_test" / f"fox_{i}.jpg", 2)
+    root = tmp_path / "data"
+    make_imagefolder(root, n_train=2, n_test=1)
+    _link(root / "train" / "fox", store / "fox")
+    _link(root / "val" / "fox", store / "fox_test")
+    splits = _build("imagefolder", root, val_fraction=0.0)
+    assert splits.classes == ["cat", "dog", "eel", "fox"] and len(splits.train) == 8
+
+
+def test_a_link_into_a_named_test_split_is_an_error(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path, n_train=2, n_test=1, test_name="holdout")
+    _link(tmp_path / "train" / "evil", "../holdout/cat")
+    with pytest.raises(ValueError, match="inside holdout/"):
+        _build("imagefolder", tmp_path, val_fraction=0.0, test_split="holdout")

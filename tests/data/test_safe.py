@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from adaptformer.data import DataConfig, UnreadableImageError, build_datasets
@@ -145,3 +146,78 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path: Path, mode: str, suffix:
     rgb = np.asarray(load_image(path), dtype=np.float64)
     assert rgb.shape == (64, 64, 3)
     assert abs(rgb.mean() - values.mean() / 257) < 1.0
+
+
+# -- issue 24: thin images (item 2) and the decoder allow-list (item 17) -------------------------
+
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+    b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+)
+
+
+def thin_png(path: Path, size: tuple[int, int] = (1, 200_000)) -> Path:
+    """A few hundred bytes of PNG that a short-side resize would blow up to gigabytes."""
+    Image.new("L", size).save(path)
+    return path
+
+
+@pytest.fixture
+def no_ghostscript(monkeypatch) -> list[str]:
+    """Fail the test if PIL hands anything to Ghostscript (what EPS decoding does)."""
+    from PIL import EpsImagePlugin
+
+    called: list[str] = []
+
+    def ghostscript(*args, **kwargs):
+        called.append("gs")
+        raise AssertionError("Ghostscript was invoked")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    return called
+
+
+@pytest.fixture
+def no_png_decoding(monkeypatch) -> None:
+    """Fail the test if a PNG's pixels are decoded: a refusal must come from the header."""
+    from PIL import ImageFile
+
+    def load(self):
+        raise AssertionError(f"{self.format} pixels decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+@pytest.mark.parametrize("size", [(1, 200_000), (200_000, 1), (30, 1_000)])
+def test_thin_images_are_refused_from_the_header(tmp_path, size, no_png_decoding) -> None:
+    path = thin_png(tmp_path / "thin.png", size)
+    assert path.stat().st_size < 2_000
+    with pytest.raises(UnreadableImageError, match="aspect ratio .* at most 20:1") as err:
+        load_image(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert "at most 20:1" in check_image(path)
+
+
+def test_thin_training_images_are_skipped_or_refused_when_strict(tmp_path) -> None:
+    ok = write_image(tmp_path / "ok.png", 1, size=(40, 2))  # 20:1 is allowed
+    thin = thin_png(tmp_path / "thin.png", (1, 21))
+    assert scan_images([ok, thin]) == ([True, False], [str(thin)])
+    with pytest.raises(UnreadableImageError, match="at most 20:1"):
+        scan_images([ok, thin], strict=True)
+
+
+def test_eps_is_refused_without_ghostscript(tmp_path, no_ghostscript) -> None:
+    path = tmp_path / "drawing.png"  # the name does not matter: the bytes are PostScript
+    path.write_bytes(EPS)
+    with pytest.raises(UnreadableImageError, match="not a JPEG, PNG, WebP, GIF, BMP or TIFF"):
+        load_image(path)
+    assert "not a JPEG" in check_image(path)
+    assert not no_ghostscript
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_allowed_formats_still_load(tmp_path, fmt) -> None:
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(path, format=fmt)
+    assert check_image(path) is None
+    assert load_image(path).size == (12, 10)

@@ -12,7 +12,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from adaptformer.data import build_eval_transform, build_train_transform, stats_from_timm
-from adaptformer.data.transforms import ToRGB
+from adaptformer.data.transforms import MAX_IMG_SIZE, CheckShape, ToRGB
 
 from ..helpers import tiny_vit
 from .synth import FLAT, IMAGENET
@@ -24,23 +24,24 @@ def _steps(tf: T.Compose) -> list[type]:
 
 def test_eval_is_resize_256_center_crop_224_for_224() -> None:
     tf = build_eval_transform(224, **IMAGENET, interpolation="bicubic")
-    assert _steps(tf) == [ToRGB, T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
-    resize, crop = tf.transforms[1], tf.transforms[2]
+    assert _steps(tf) == [CheckShape, ToRGB, T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    resize, crop = tf.transforms[2], tf.transforms[3]
     assert resize.size == 256 and resize.interpolation == InterpolationMode.BICUBIC
     assert crop.size == (224, 224)
-    assert build_eval_transform(32, **IMAGENET).transforms[1].size == 36  # floor(32 / 0.875)
+    assert build_eval_transform(32, **IMAGENET).transforms[2].size == 36  # floor(32 / 0.875)
 
 
 def test_train_is_random_resized_crop_bicubic_and_flip() -> None:
     tf = build_train_transform(224, **IMAGENET, interpolation="bicubic")
     assert _steps(tf) == [
+        CheckShape,
         ToRGB,
         T.RandomResizedCrop,
         T.RandomHorizontalFlip,
         T.ToTensor,
         T.Normalize,
     ]
-    rrc = tf.transforms[1]
+    rrc = tf.transforms[2]
     assert rrc.size == (224, 224) and rrc.interpolation == InterpolationMode.BICUBIC
     assert rrc.scale == (0.08, 1.0)
 
@@ -74,7 +75,7 @@ def test_stats_come_from_timm_data_config() -> None:
         "interpolation": "bicubic",
     }
     tf = build_eval_transform(32, **stats)
-    assert tf.transforms[1].interpolation == InterpolationMode.BICUBIC
+    assert tf.transforms[2].interpolation == InterpolationMode.BICUBIC
 
 
 def test_transforms_pickle_for_spawned_workers() -> None:
@@ -98,3 +99,23 @@ def test_bad_transform_arguments(kwargs: dict, match: str) -> None:
 def test_timm_config_without_stats() -> None:
     with pytest.raises(ValueError, match="lacks std, interpolation"):
         stats_from_timm({"mean": (0, 0, 0)})
+
+
+# -- issue 24, item 2: no resize of a thin image, no input size that cannot be allocated --------
+
+
+@pytest.mark.parametrize("augment", ["paper", "none"])
+@pytest.mark.parametrize("size", [(1, 200_000), (300, 2)])
+def test_thin_images_are_refused_before_any_resize(size, augment) -> None:
+    tf = build_train_transform(32, **IMAGENET, augment=augment)
+    with pytest.raises(ValueError, match="at most 20:1") as err:
+        tf(Image.new("L", size))
+    assert "\n" not in str(err.value)
+    assert tf(Image.new("L", (40, 2))).shape == (3, 32, 32)  # 20:1 is fine
+
+
+@pytest.mark.parametrize("img_size", [MAX_IMG_SIZE + 1, 100_000])
+def test_input_size_is_bounded(img_size) -> None:
+    for build in (build_eval_transform, build_train_transform):
+        with pytest.raises(ValueError, match=f"at most {MAX_IMG_SIZE}"):
+            build(img_size, **IMAGENET)

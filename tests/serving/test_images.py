@@ -62,3 +62,48 @@ def test_base64():
         from_base64("abc!", "image 1")
     with pytest.raises(BadImage, match="must be a base64 string, got int"):
         from_base64(3, "image 1")
+
+
+# -- issue 24: thin images (item 2) and the decoder allow-list (item 17) -------------------------
+
+
+def _png(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1, 200_000), (1, 1_000_000), (4_000_000, 1), (21, 1)])
+def test_thin_uploads_are_refused_before_decoding(monkeypatch, size):
+    from PIL import ImageFile
+
+    data = _png(size)
+    assert len(data) < 100_000
+
+    def load(self):
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(BadImage, match=r"aspect ratio .*at most 20:1") as err:
+        decode(data, "image 0")
+    assert err.value.status == 422 and "\n" not in str(err.value)
+
+
+def test_eps_upload_is_refused_without_ghostscript(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript was invoked")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n%%EOF\n"
+    with pytest.raises(BadImage, match="not a JPEG, PNG, WebP, GIF, BMP or TIFF") as err:
+        decode(eps, "image 0")
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_allowed_upload_formats_decode(fmt):
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 10), (10, 200, 30)).save(buf, format=fmt)
+    assert decode(buf.getvalue(), "image 0").size == (12, 10)

@@ -103,3 +103,53 @@ def test_adapter_knobs_reach_the_adapter_config():
     assert TrainConfig(scale="0.5").adapter_config().scale == 0.5  # old run folders: a string
     with pytest.raises(ValueError, match="scale"):
         TrainConfig(scale="fast")
+
+
+# -- issue 24, item 12: config.yaml is type-checked and its sizes bounded when it is read --------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("img_size: 100000", "img_size .*at most 1024"),
+        ("img_size: abc", "img_size must be a whole number, got 'abc'"),
+        ("img_size: 1.5", "img_size must be a whole number"),
+        ("model: 5", "model must be a string, got 5"),
+        ("lr: fast", "lr must be a finite number or empty, got .fast."),
+        ("min_lr: .nan", "min_lr must be a finite number"),
+        ("layers: [1, a]", "layers must be a list of whole numbers"),
+        ("strict_data: 'yes'", "strict_data must be true or false"),
+        ("batch_size: 1000000000", "batch_size .*at most"),
+        ("num_frames: 1000000", "num_frames .*at most"),
+        ("test_clips: 100000", "test_clips .*at most"),
+        ("prompt_tokens: 10000000", "prompt_tokens .*at most"),
+        ("bottleneck: 1000000000", "bottleneck .*at most"),
+        ("workers: 100000", "workers .*at most"),
+        ("data_root: [a]", "data_root must be a string or empty"),
+        ("augment: {a: 1}", "augment must be a string"),
+    ],
+)
+def test_config_file_values_are_type_checked_and_bounded(tmp_path, text, words):
+    path = tmp_path / "config.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError, match=words) as err:
+        TrainConfig.load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_every_option_has_a_type_check():
+    """A new option cannot slip past the schema: every field's annotation is understood."""
+    from adaptformer.training.config import field_types
+
+    assert set(field_types()) == {f for f in TrainConfig.__dataclass_fields__}
+
+
+def test_train_names_the_config_file_of_a_bad_value(tmp_path, capsys):
+    from adaptformer.cli import main
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("img_size: 100000\n")
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("adaptformer: error: img_size 100000 is too large: at most 1024")
+    assert str(path) in err[-1] and len(err) == 1

@@ -15,7 +15,9 @@ from adaptformer.utils.errors import UserFacingError
 from adaptformer.utils.files import (
     atomic_path,
     atomic_write_text,
+    read_json,
     read_safetensors,
+    read_yaml_mapping,
     safetensors_header,
 )
 
@@ -106,3 +108,56 @@ def test_other_write_errors_pass_through(tmp_path):
         raise PermissionError("no")
     atomic_write_text(tmp_path / "f.txt", "new")
     assert (tmp_path / "f.txt").read_text() == "new"
+
+
+# -- deeply nested JSON/YAML (issue 24, item 11): one line, never a RecursionError ---------------
+
+DEEP_JSON = ["[" * 200_000, "{\"a\":" * 100_000, "[" * 150 + "]" * 150]
+DEEP_YAML = [*DEEP_JSON, "".join(" " * i + "a:\n" for i in range(3000)), "a: &x [*x]\n"]
+
+
+@pytest.mark.parametrize("text", DEEP_JSON, ids=["brackets", "objects", "150-deep"])
+def test_deep_json_is_one_line_error(tmp_path, text):
+    path = tmp_path / "adapter_config.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="nest") as err:
+        read_json(path, "an adapter config")
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text", DEEP_YAML, ids=["flow", "objects", "150-deep", "block", "loop"])
+def test_deep_yaml_is_one_line_error(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="nest") as err:
+        read_yaml_mapping(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_deep_safetensors_header_is_one_line_error(tmp_path):
+    path = tmp_path / "w.safetensors"
+    raw = b"[" * 200_000
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(ValueError, match="nest") as err:
+        read_safetensors(path)
+    assert "\n" not in str(err.value)
+
+
+def test_ordinary_nesting_is_read(tmp_path):
+    from adaptformer.utils.files import loads_json
+
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps({"a": [[{"b": [1, 2]}]]}))
+    assert read_json(path, "x") == {"a": [[{"b": [1, 2]}]]}
+    assert loads_json('{"k": [1, {"x": null}]}', "a request") == {"k": [1, {"x": None}]}
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_a_5000_digit_number_is_one_line(tmp_path, suffix):
+    """Python refuses to convert ints of more than 4,300 digits with a bare ValueError."""
+    path = tmp_path / f"f.{suffix}"
+    path.write_text('{"a": ' + "1" * 5000 + "}" if suffix == "json" else "a: " + "1" * 5000)
+    read = read_json if suffix == "json" else read_yaml_mapping
+    with pytest.raises(ValueError, match=str(path)) as err:
+        read(path, "x") if suffix == "json" else read(path)
+    assert "\n" not in str(err.value)

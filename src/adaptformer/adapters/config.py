@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..utils.files import loads_json, read_json
+
 Method = Literal[
     "adaptformer", "adapter_plus", "houlsby", "pfeiffer", "linear", "full", "vpt", "lora", "bitfit"
 ]
@@ -339,8 +341,8 @@ class AdapterConfig:
     def from_json(cls, text_or_path: str | Path) -> AdapterConfig:
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
+            return cls.from_dict(read_json(text_or_path, "an AdapterConfig"))
+        return cls.from_dict(loads_json(text, "the AdapterConfig JSON"))
 
     @classmethod
     def field_help(cls) -> dict[str, str]:

@@ -293,13 +293,14 @@ def load_images(paths: Sequence[str | Path], img_size: int = 224) -> torch.Tenso
     """
     from PIL import Image
 
+    from ..data.safe import load_image  # the decoder allow-list and shape check of all images
+
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     batch = []
     for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((img_size, img_size), Image.Resampling.BICUBIC)
-            x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        im = load_image(path).resize((img_size, img_size), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
         batch.append((x - mean) / std)
     return torch.stack(batch)
 

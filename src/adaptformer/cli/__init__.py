@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.safe import UnreadableImageError
     from ..training.engine import NonFiniteLossError
     from ..utils.errors import TrainingInterrupted, UserFacingError
+    from ..utils.files import disk_full, first_line
 
     try:
         return int(args.func(args) or 0)
@@ -82,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"adaptformer: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk is the user's to fix, wherever the write was
+        if args.verbose or not disk_full(e):
+            raise
+        print(f"adaptformer: error: no space left on device ({first_line(e)}); free some "
+              "space and run the command again (training: add --resume)", file=sys.stderr)  # fmt: skip
         return 2
 
 

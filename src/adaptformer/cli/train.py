@@ -36,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = read_yaml(args.config) if args.config else {}
     values.update(given(args, TrainConfig))
-    return TrainConfig.from_dict(values)
+    try:
+        return TrainConfig.from_dict(values)
+    except ValueError as e:
+        if not args.config:
+            raise
+        raise ValueError(f"{e} (options from --config {args.config} and the flags)") from None
 
 
 def run(args: argparse.Namespace) -> int:

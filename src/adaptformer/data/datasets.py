@@ -293,6 +293,7 @@ def _imagefolder(cfg: DataConfig) -> _Raw:
     Classes come from ``train/``; the test folder is indexed with the same mapping, so a class
     missing from it cannot shift the others' indices. If both ``test/`` and ``val/`` exist,
     ``test/`` is the test split and ``val/`` is ignored (validation is carved from train).
+    Links are followed, except where they would mix splits or loop (:class:`_LinkGuard`).
     """
     root = Path(cfg.data_root)
     if not (root / "train").is_dir():
@@ -313,59 +314,126 @@ def _imagefolder(cfg: DataConfig) -> _Raw:
     test_dir = root / test_name
     if not test_dir.is_dir():
         raise _layout_error(cfg, f"no {test_name}/ folder in {root}")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    extra = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
+    guard = _LinkGuard(root, test_name)
+    classes = sorted(p.name for p in guard.class_folders("train"))
+    extra = sorted(p.name for p in guard.class_folders(test_name) if p.name not in classes)
     if extra:
         raise ValueError(
             f"imagefolder: {test_dir} has class folders that train/ lacks: {', '.join(extra)}; "
             "every test class needs training images (rename or remove those folders)"
         )
-    train = _folder_samples(root / "train", classes)
+    train = _folder_samples(guard, "train", classes)
     present = set(train[1].tolist())
     empty = [c for i, c in enumerate(classes) if i not in present]
     if empty or not classes:
         where = ", ".join(empty) if empty else "<class>"
         raise _layout_error(cfg, f"no images in {root / 'train'}/{where}/")
-    test = _folder_samples(test_dir, classes)
+    test = _folder_samples(guard, test_name, classes)
     if not test[0]:
         raise _layout_error(cfg, f"no images in {test_dir}/<class>/")
     pools, skipped = _file_pools(cfg, root, {"train": train, test_name: test})
     return _Raw(pools["train"], pools[test_name], classes, False, skipped, test_name)
 
 
-def _folder_samples(split_dir: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """Image paths below ``split_dir/<class>/`` and their class indices, links followed only
+class _LinkGuard:
+    """Where links below an image-folder data root may lead.
+
+    A class folder linked to ``..`` became a class holding every split's images (the test
+    images trained on, with one duplicate-file warning). So a folder link, at any depth, that
+    resolves at or above the data root, or into a split folder (train/, val/, test/) other
+    than inside its own class folder, is a ``ValueError``; so is a file link into another split.
+    Links that lead out of the data root elsewhere are fine: a class may live in a shared store.
+    """
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, root: Path, test_name: str) -> None:
+        self.root = root
+        self.real = Path(os.path.realpath(root))
+        self.splits = {
+            name: Path(os.path.realpath(root / name))
+            for name in dict.fromkeys((*self.SPLITS, test_name))  # test_split may be any folder
+            if (root / name).is_dir()
+        }
+        for name in self.splits:  # a split folder that is a link to the root or another split
+            if (root / name).is_symlink():
+                self.check(root / name, allowed=(name,))
+
+    def where(self, real: Path, allowed: tuple[str, ...]) -> str | None:
+        """Why a link to ``real`` is out of place, or None; it may lead into the ``allowed``
+        splits (the caller decides what to do with such a link)."""
+        if real == self.real:
+            return "at the data root"
+        if self.real.is_relative_to(real):
+            return "above the data root"
+        for name, folder in self.splits.items():
+            if name not in allowed and real.is_relative_to(folder):
+                return f"inside {name}/"
+        return None
+
+    def check(self, link: Path | str, allowed: tuple[str, ...] = ()) -> None:
+        """Raise if ``link`` resolves somewhere :meth:`where` refuses."""
+        real = Path(os.path.realpath(link))
+        why = self.where(real, allowed)
+        if why:
+            raise ValueError(
+                f"imagefolder: {link} is a link to {real}, {why}; no folder link may point at "
+                "or above the data root and no link into another split (its images would be "
+                "read twice or in the wrong split): remove the link or copy the files"
+            )
+
+    def class_folders(self, split: str) -> list[Path]:
+        """The class folders of ``split``; one that is a link may not lead into any split."""
+        folders = [p for p in (self.root / split).iterdir() if p.is_dir()]
+        for p in folders:
+            if p.is_symlink():
+                self.check(p)
+        return folders
+
+
+def _folder_samples(
+    guard: _LinkGuard, split: str, classes: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """Image paths below ``root/split/<class>/`` and their class indices, links followed only
     while they stay inside their class folder: a link to ``..`` would otherwise loop through
     every class and label other classes' images with this one."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     paths, targets = [], []
     for index, name in enumerate(classes):
-        class_dir = split_dir / name
+        class_dir = guard.root / split / name
         if not class_dir.is_dir():
             continue
-        for path in _files_inside(class_dir):
+        for path in _files_inside(class_dir, guard, split):
             if path.lower().endswith(IMG_EXTENSIONS):
                 paths.append(path)
                 targets.append(index)
     return paths, np.array(targets, dtype=np.int64)
 
 
-def _files_inside(folder: Path) -> list[str]:
+def _files_inside(folder: Path, guard: _LinkGuard, split: str) -> list[str]:
     """Files below ``folder`` in sorted order; a folder link is entered only if it resolves to
-    a folder inside ``folder`` not visited yet (so loops end), a file link is kept."""
+    a folder inside ``folder`` not visited yet (so loops end), a file link is kept. Links that
+    ``guard`` refuses (at or above the root, into another split) raise; other links out of
+    ``folder`` (into its own split, or out of the data root) are not entered."""
     top = os.path.realpath(folder)
     seen = {top}
     walked = []
     for here, dirs, files in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(dirs):
-            real = os.path.realpath(os.path.join(here, d))
+            path = os.path.join(here, d)
+            real = os.path.realpath(path)
             if real not in seen and real.startswith(top + os.sep):
                 seen.add(real)
                 keep.append(d)
+            elif os.path.islink(path):
+                guard.check(path, allowed=(split,))
         dirs[:] = keep
         walked.append((here, files))
+        for f in files:
+            if os.path.islink(os.path.join(here, f)):
+                guard.check(os.path.join(here, f), allowed=(split,))
     return [os.path.join(here, f) for here, files in sorted(walked) for f in sorted(files)]
 
 

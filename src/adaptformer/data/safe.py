@@ -7,6 +7,11 @@ front (:func:`scan_images`): unreadable files are dropped, counted and their pat
 with ``strict=True``, the build fails naming them. :func:`load_image` is the loader used
 afterwards; it raises :class:`UnreadableImageError` naming the path, so the data set's runtime
 guard can report (or replace) a file that changed after the scan.
+
+Every image file and upload is opened by :func:`open_image`: only the decoders of
+:data:`IMAGE_FORMATS` may read it (PIL's other plugins include EPS, which hands PostScript to
+Ghostscript), and a shape no transform can resize sanely (:data:`MAX_ASPECT_RATIO`) is refused
+from the header, before a pixel is decoded.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import os
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import IO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 _log = logging.getLogger(__name__)
@@ -34,10 +40,56 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Paths shown in one log message; the full list is returned to the caller.
 _LOG_PATHS = 50
+# The only decoders untrusted bytes reach (PIL format names): the common photo and web formats.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_FORMAT_NAMES = "a JPEG, PNG, WebP, GIF, BMP or TIFF file"
+# Long side / short side at most. Transforms resize the SHORT side to about the input size, so a
+# 1 x 200,000 strip (a 467-byte PNG) would become 256 x 51 M pixels; at 20:1 the evaluation
+# resize of the largest img_size (1024 -> 1170) stays under 28 M pixels (82 MB as RGB).
+MAX_ASPECT_RATIO = 20
 
 
 class UnreadableImageError(OSError):
     """An image file could not be opened or decoded; the message names the file and the fix."""
+
+
+class ImageShapeError(ValueError):
+    """An image whose shape (read from its header) no transform may resize; says the limit."""
+
+
+def shape_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` must not be resized, or None if it may be."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        return f"{width}x{height} pixels: the image is empty"
+    if long > MAX_ASPECT_RATIO * short:
+        return (
+            f"{width}x{height} pixels, an aspect ratio of {long / short:,.0f}:1; images of at "
+            f"most {MAX_ASPECT_RATIO}:1 are resized (crop or pad it)"
+        )
+    return None
+
+
+def open_image(fp: str | os.PathLike | IO[bytes]) -> Image.Image:
+    """``Image.open`` limited to :data:`IMAGE_FORMATS`, with the header's shape checked.
+
+    Nothing is decoded yet (PIL decodes on ``load``), so a hostile file costs a header read.
+
+    Raises:
+        UnidentifiedImageError: not one of the allowed formats (EPS, PSD, ... included).
+        ImageShapeError: the header's size is outside :func:`shape_problem`'s limits.
+    """
+    try:
+        img = Image.open(fp, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(
+            f"not {_FORMAT_NAMES} (the only formats decoded)"
+        ) from None
+    problem = shape_problem(img.width, img.height)
+    if problem:
+        img.close()
+        raise ImageShapeError(problem)
+    return img
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -51,7 +103,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     try:
         with open(path, "rb") as f:
-            return to_rgb(Image.open(f))
+            return to_rgb(open_image(f))
     except DECODE_ERRORS as err:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
 
@@ -75,7 +127,7 @@ def check_image(path: str | os.PathLike) -> str | None:
     stream, so truncation is caught at a fraction of the cost of a full decode.
     """
     try:
-        with open(path, "rb") as f, Image.open(f) as img:
+        with open(path, "rb") as f, open_image(f) as img:
             img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
     except DECODE_ERRORS as err:

@@ -5,6 +5,10 @@ bicubic) + horizontal flip and tests with resize 256 + center crop 224, ImageNet
 Mean, std and interpolation here come from the backbone's timm data config instead, so a
 backbone trained with other statistics (CLIP, Inception-style) gets its own; the resize ratio
 stays the paper's 224/256 = 0.875 for every input size (e.g. 36 -> 32 for 32-pixel inputs).
+
+Every pipeline starts with :class:`CheckShape`, so no resize ever sees a thin image (its short
+side scaled to the input size would make the long side gigantic), and the input size itself is
+at most :data:`MAX_IMG_SIZE`: together they bound what any resize here allocates.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from .safe import to_rgb
+from .safe import shape_problem, to_rgb
 
 # The paper's test-time ratio of crop to resized side: 224 / 256.
 EVAL_CROP_PCT = 0.875
+# Largest input side (img_size): 4.6x the usual 224, far above any released ViT's, and one
+# image is still 12 MB as float32 (100,000 would be 120 GB, before the model's tokens).
+MAX_IMG_SIZE = 1024
 
 _INTERPOLATIONS: dict[str, InterpolationMode] = {
     "nearest": InterpolationMode.NEAREST,
@@ -43,6 +50,33 @@ class ToRGB:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class CheckShape:
+    """Refuse an image no resize should see (see :func:`adaptformer.data.safe.shape_problem`)
+    with a one-line ``ValueError`` naming the limit; files and uploads are already refused from
+    their header, this guards images handed to the transforms directly."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        problem = shape_problem(*img.size)
+        if problem:
+            raise ValueError(f"image of {problem}")
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def check_img_size(img_size: int) -> int:
+    """``img_size`` if it is a whole number in 1..MAX_IMG_SIZE, else a one-line ``ValueError``."""
+    if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 1:
+        raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+    if img_size > MAX_IMG_SIZE:
+        raise ValueError(
+            f"img_size {img_size} is too large: at most {MAX_IMG_SIZE} pixels a side (one "
+            f"{img_size}x{img_size} image alone would take {3 * 4 * img_size**2 / 1e9:,.1f} GB)"
+        )
+    return img_size
 
 
 def resolve_interpolation(interpolation: str | InterpolationMode) -> InterpolationMode:
@@ -87,10 +121,12 @@ def build_eval_transform(
         std: per-channel std of the backbone's pretraining data.
         interpolation: resize filter, a timm name or a torchvision ``InterpolationMode``.
     """
+    check_img_size(img_size)
     mean, std = _check_stats(mean, std)
     mode = resolve_interpolation(interpolation)
     return T.Compose(
         [
+            CheckShape(),
             ToRGB(),
             T.Resize(math.floor(img_size / EVAL_CROP_PCT), interpolation=mode),
             T.CenterCrop(img_size),
@@ -121,10 +157,12 @@ def build_train_transform(
         return build_eval_transform(img_size, mean, std, interpolation)
     if augment != "paper":
         raise ValueError(f"augment={augment!r} must be 'paper' or 'none'")
+    check_img_size(img_size)
     mean, std = _check_stats(mean, std)
     mode = resolve_interpolation(interpolation)
     return T.Compose(
         [
+            CheckShape(),
             ToRGB(),
             T.RandomResizedCrop(img_size, interpolation=mode),
             T.RandomHorizontalFlip(),

@@ -177,7 +177,7 @@ class Service:
         elif kind == "application/json":
             try:
                 body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: '[' * 200000
                 raise HTTPException(400, f"malformed JSON body: {err}") from err
             if not isinstance(body, dict) or not isinstance(body.get("images"), list):
                 raise HTTPException(
@@ -219,7 +219,7 @@ class Service:
         raw = await request.body()
         try:
             body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: '[' * 200000
             raise HTTPException(400, f"malformed JSON body: {err}") from err
         if not isinstance(body, dict) or set(body) - {"run"}:
             raise HTTPException(

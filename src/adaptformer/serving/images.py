@@ -9,6 +9,11 @@ the server answers 4xx and keeps serving everyone else:
 - a decompression bomb: the pixel count in the header is checked against ``max_pixels`` BEFORE
   anything is decoded (a 100-byte PNG can claim 50,000 x 50,000 pixels), which is stricter than
   PIL's own limit (a warning at 89 M pixels, an error only at twice that);
+- a decoder outside the allow-list (:data:`~adaptformer.data.safe.IMAGE_FORMATS`: JPEG, PNG, WebP, GIF, BMP, TIFF;
+  EPS would hand PostScript to Ghostscript) is never reached: "not a JPEG, PNG, ..." (422);
+- a thin image (a 467-byte PNG of 1 x 200,000 pixels, which a short-side resize would turn
+  into 51 M pixels) is refused from its header, before decoding: at most
+  :data:`~adaptformer.data.safe.MAX_ASPECT_RATIO`:1 (422);
 - 16-bit images are scaled to 8 bits, not clipped, as in training (``to_rgb``).
 """
 
@@ -22,7 +27,7 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from ..data.safe import DECODE_ERRORS, to_rgb
+from ..data.safe import DECODE_ERRORS, ImageShapeError, open_image, to_rgb
 
 # 40 M pixels: a 7,000 x 5,700 photo fits, a bomb (and ~120 MiB of RGB per image) does not.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -50,7 +55,7 @@ def decode(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
     if not data:
         raise BadImage(f"{what} is empty")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
             pixels = img.width * img.height
             if pixels > max_pixels:
                 raise BadImage(
@@ -62,6 +67,8 @@ def decode(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
             return to_rgb(img)
     except BadImage:
         raise
+    except ImageShapeError as err:
+        raise BadImage(f"{what} is {err}") from err
     except Image.DecompressionBombError as err:  # PIL's own limit, met in the header
         raise BadImage(f"{what} is a decompression bomb ({err})", status=413) from err
     except DECODE_ERRORS as err:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import loads_json
 from .plots import plot_comparison
 
 # summary.json and metrics.jsonl of a real run are a few KiB; a 100,000-epoch run stays below.
@@ -53,10 +54,10 @@ def _read_text(path: Path) -> str:
 
 def _json(text: str, path: Path) -> Any:
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}); the run folder is "
-                         "damaged: train it again") from None  # fmt: skip
+        return loads_json(text, "it")
+    except ValueError as e:  # bad JSON, nesting deeper than MAX_NESTING, a 5,000-digit int
+        raise ValueError(f"{path} is not valid JSON ({e}); the run folder is damaged: train it "
+                         "again") from None  # fmt: skip
 
 
 def _is_number(x: Any) -> bool:

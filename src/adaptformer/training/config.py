@@ -8,6 +8,11 @@ new option is one line here. The resolved config is written to the run folder as
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ import yaml
 
 from ..adapters.config import ACTIVATIONS, INITS, METHODS, POSITIONS, AdapterConfig
 from ..data.config import DATASETS
+from ..data.transforms import MAX_IMG_SIZE
 from ..utils.files import read_yaml_mapping
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
@@ -24,6 +30,20 @@ VIDEO_DATASET = "video-list"
 # Default warm-up as a share of the run: a fixed number of epochs outlasts short runs (a 20-epoch
 # warm-up left a 3-epoch run at a tenth of its learning rate).
 WARMUP_FRACTION = 0.1
+# Largest value of each size option: each one allocates memory (or processes) in proportion, and a
+# config file is untrusted (img_size: 100000 asked for 78 GB). Far above any real run's values.
+SIZE_LIMITS: dict[str, int] = {
+    "img_size": MAX_IMG_SIZE,  # pixels a side (data/transforms.py)
+    "batch_size": 4096,  # images per step and process
+    "accum_steps": 1024,
+    "epochs": 100_000,
+    "bottleneck": 8192,  # adapter width: 5x a ViT-g's 1536
+    "prompt_tokens": 1024,
+    "num_frames": 256,
+    "test_clips": 32,
+    "test_crops": 32,
+    "workers": 256,  # processes
+}
 # Default base learning rate (per 256 images; lr = blr * total batch / 256) per optimizer and
 # method. AdamW: chosen by the learning-rate sweep of benchmarks/vtab_lite.py (section
 # "defaults": the VTAB-1k tuning phase, train800 -> val200, on eurosat and dsprites_loc): the
@@ -203,9 +223,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.scale, str) and self.scale not in ("learnable", "channel"):  # old runs
             self.scale = _float(self.scale, "scale")
-        problems = list(self._problems())
+        # Types first: the value checks below compare and format values they assume typed.
+        problems = list(self._type_problems()) or list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _type_problems(self):
+        """Every field's value against its annotation (a config file can hold anything), then
+        the sizes against :data:`SIZE_LIMITS`."""
+        for name, hint in field_types().items():
+            problem = _type_problem(name, getattr(self, name), hint)
+            if problem:
+                yield problem
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and value > limit:
+                yield f"{name} {value} is too large: at most {limit}"
 
     def _problems(self):
         positive = (
@@ -323,7 +356,13 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(read_yaml(path))
+        """The config file at ``path`` (a run's ``config.yaml``), schema-checked: any problem is
+        one ``ValueError`` line naming the file."""
+        values = read_yaml(path)
+        try:
+            return cls.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"config file {path}: {e}") from None
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -360,3 +399,39 @@ def _float(text: str, name: str) -> float:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a finite number",
+    str: "a string",
+    type(None): "empty",
+}
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Each option's type, from the dataclass annotations (``int | None``, ``list[int]``...)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: hints[name] for name in _FIELDS}
+
+
+def _type_problem(name: str, value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit annotation ``hint``, or None. ``bool`` is not a number here
+    and a float must be finite (YAML reads ``.nan`` and ``.inf``)."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if any(_fits(value, kind) for kind in kinds):
+        return None
+    wanted = " or ".join(_TYPE_NAMES.get(k, "a list of whole numbers") for k in kinds)
+    return f"{name} must be {wanted}, got {reprlib.repr(value)}"
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    if kind is bool or kind is str or kind is type(None):
+        return isinstance(value, kind)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return _fits(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if typing.get_origin(kind) is list:  # list[int]: block indices
+        return isinstance(value, list) and all(_fits(v, int) for v in value)
+    raise TypeError(f"TrainConfig option type {kind!r} has no check: add one to _fits")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
+import reprlib
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -42,9 +44,14 @@ RESUMABLE_OVERRIDES = ("workers", "device", "output")
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill or a full disk
-    leaves the old file (see :func:`adaptformer.utils.files.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    leaves the old file (see :func:`adaptformer.utils.files.atomic_path`).
+
+    torch writes through a Python file object here: given a path, its C++ writer reports a full
+    disk as "unexpected pos 704 vs 598" or "basic_ios::clear", which says nothing of the disk;
+    a Python file raises ``OSError`` ENOSPC, which ``atomic_path`` turns into its one line.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def default_output(cfg: TrainConfig) -> str:
@@ -217,24 +224,101 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _structure_problems(ckpt: dict[str, Any]) -> list[str]:
-    """What is wrong with a checkpoint's bookkeeping (epochs, history, best), model aside."""
+    """What is wrong with a checkpoint's bookkeeping (epochs, history, best, optimizer and scaler
+    containers), model aside: the schema of every value the resumed run uses, so a wrong type
+    is refused here and cannot crash the run at its first step or after its first epoch."""
     epoch, history, best = ckpt["next_epoch"], ckpt["history"], ckpt["best"]
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        return [f"next_epoch {epoch!r} is not a whole number"]
-    rows_ok = isinstance(history, list) and all(
-        isinstance(r, dict) and {"epoch", "train_loss", "train_images_per_s"} <= set(r)
-        for r in history
-    )
-    if not rows_ok or len(history) != epoch:
+        return [f"next_epoch {_short(epoch)} is not a whole number"]
+    if not isinstance(history, list) or len(history) != epoch:
         return [f"history is not {epoch} epoch rows"]
+    for i, row in enumerate(history):
+        problem = _row_problem(row, i)
+        if problem:
+            return [f"history row {i} {problem}"]
     if not isinstance(best, dict) or not {"score", "epoch", "state"} <= set(best):
         return ["best is not a mapping with score, epoch and state"]
+    for key in ("score", "loss"):
+        value = best.get(key)
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            return [f"best {key} {_short(value)} is not a finite number"]
     at = best["epoch"]
-    if at is not None and not (isinstance(at, int) and 0 <= at < len(history)):
-        return [f"best epoch {best['epoch']!r} is not one of the {len(history)} epochs"]
+    if at is not None and not (_is_whole(at) and 0 <= at < len(history)):
+        return [f"best epoch {_short(at)} is not one of the {len(history)} epochs"]
     if epoch and best["state"] is None:
         return ["best has no state after the first epoch"]
+    return _optimizer_problems(ckpt["optimizer"]) + (
+        [] if ckpt.get("scaler") is None or isinstance(ckpt["scaler"], dict)
+        else [f"scaler {_short(ckpt['scaler'])} is not a mapping"]
+    )  # fmt: skip
+
+
+def _row_problem(row: Any, index: int) -> str | None:
+    """Why one ``history`` row is not ``{"epoch": index, metric: number, ...}``, or None."""
+    if not isinstance(row, dict) or not {"epoch", "train_loss", "train_images_per_s"} <= set(row):
+        return "is not a mapping with epoch, train_loss and train_images_per_s"
+    if row["epoch"] != index or not _is_whole(row["epoch"]):
+        return f"has epoch {_short(row['epoch'])}, not {index}"
+    wrong = [k for k, v in row.items() if not (isinstance(k, str) and _is_number(v))]
+    return f"has values that are not numbers ({', '.join(map(str, wrong[:3]))})" if wrong else None
+
+
+def _optimizer_problems(optimizer: Any) -> list[str]:
+    """The optimizer's ``state_dict`` shape: ``{"state": {index: {name: tensor|number}},
+    "param_groups": [{"params": [index, ...], ...}]}`` (sizes are checked after loading, by
+    :func:`optimizer_state_problems`, against the parameters)."""
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict):
+        return ["optimizer is not a mapping with a state"]
+    groups = optimizer.get("param_groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict)
+        and isinstance(g.get("params"), list)
+        and all(map(_is_whole, g["params"]))
+        for g in groups
+    ):
+        return ["optimizer param_groups is not a list of groups of parameter indices"]
+    for index, entry in optimizer["state"].items():
+        if not isinstance(entry, dict):
+            return [f"optimizer state of parameter {_short(index)} is {_short(entry)}"]
+        for name, value in entry.items():
+            if not _is_state_value(value):
+                return [f"optimizer state {_short(name)} of parameter {index} is {_short(value)}"]
     return []
+
+
+def optimizer_state_problems(optimizer: torch.optim.Optimizer) -> list[str]:
+    """Loaded optimizer state whose tensors do not match their parameters' shapes.
+
+    ``Optimizer.load_state_dict`` checks the number of parameters, not their sizes: a moment
+    of the wrong shape loads, then fails inside the first ``step`` of the resumed run.
+    """
+    problems = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    problems.append(
+                        f"optimizer state {name} has shape {tuple(value.shape)} for a parameter "
+                        f"of shape {tuple(p.shape)}"
+                    )
+    return problems[:3]
+
+
+def _is_state_value(value: Any) -> bool:
+    return value is None or isinstance(value, torch.Tensor) or _is_number(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut short: values from an untrusted file can be anything, of any size."""
+    return reprlib.repr(value)
 
 
 def state_problems(state: Any, expected: dict[str, torch.Tensor]) -> list[str]:

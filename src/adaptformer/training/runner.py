@@ -44,6 +44,7 @@ from .run_folder import (
     claim_run_folder,
     damaged_checkpoint,
     default_output,
+    optimizer_state_problems,
     prepare_resume,
     read_checkpoint,
     state_problems,
@@ -345,6 +346,9 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
         set_rng_state(ckpt["rng"])
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise damaged_checkpoint(path, f"optimizer or random state: {first_line(e)}") from None
+    problems = optimizer_state_problems(optimizer)
+    if problems:
+        raise damaged_checkpoint(path, "; ".join(problems))
     _load_task_state(run.model, ckpt["task_state"])
     return ckpt["next_epoch"], ckpt["history"], ckpt["best"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters.config import parse_method_spec
-from ..utils.files import atomic_write_text
+from ..utils.files import atomic_write_text, read_json
 from .config import TrainConfig
 
 # The 19 VTAB-1k tasks and their groups, under the folder names of the common list layout.
@@ -158,7 +158,7 @@ def _run(
     out = Path(cfg.output)
     summary_file = out / "summary.json"
     if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file, "a run summary")
         report(f"{label}: done before, top-1 {summary['test_top1']:.1f}")
         return summary
     resume = (out / "checkpoint.pt").is_file()

@@ -32,6 +32,9 @@ SAFETENSORS_DTYPES: dict[str, int] = {
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 # The JSON header of a real file is a few hundred bytes per tensor; 100 MB is the format's cap.
 _MAX_HEADER = 100_000_000
+# Deepest nesting of lists/mappings accepted in a JSON or YAML file we read. Ours nest at most 4
+# deep; the parsers recurse once per level, so '[' * 200000 would end in a RecursionError.
+MAX_NESTING = 64
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,9 @@ def safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             raise _damaged(path, f"its header claims {length} bytes of a {size}-byte file")
         raw = f.read(length)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _damaged(path, f"its header is not JSON ({e})") from None
+        header = loads_json(raw, "it")
+    except ValueError as e:
+        raise _damaged(path, f"its header is not JSON we read ({e})") from None
     if not isinstance(header, dict):
         raise _damaged(path, "its header is not a mapping")
     header.pop("__metadata__", None)
@@ -127,9 +130,50 @@ def read_json(path: str | Path, what: str) -> Any:
     """A JSON file, with a one-line error naming it (and ``what`` it should be) if it is not."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return loads_json(path.read_bytes(), "the file")
+    except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}") from None
+
+
+def loads_json(text: str | bytes, what: str) -> Any:
+    """Parse untrusted JSON: every problem, nesting too deep included, is one ``ValueError``.
+
+    ``json.loads`` raises ``RecursionError`` (not a ``ValueError``) on ``'[' * 200000``, and a
+    document just under Python's limit would break later recursive code (dumping, copying), so
+    nesting is bounded at :data:`MAX_NESTING`.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(_too_deep(what)) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an int of 5,000 digits
+        raise ValueError(first_line(e)) from None
+    check_nesting(value, what)
+    return value
+
+
+def check_nesting(value: Any, what: str, limit: int = MAX_NESTING) -> None:
+    """Raise ``ValueError`` if lists/mappings in ``value`` nest deeper than ``limit``.
+
+    Walks level by level without recursion, visiting each container once per level (YAML
+    aliases can share one list many times, or make it contain itself: that is "too deep").
+    """
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        children: dict[int, Any] = {}
+        for node in level:
+            items = node.values() if isinstance(node, dict) else node
+            for child in items:
+                if isinstance(child, (dict, list)):
+                    children[id(child)] = child
+        if not children:
+            return
+        level = list(children.values())
+    raise ValueError(_too_deep(what, limit))
+
+
+def _too_deep(what: str, limit: int = MAX_NESTING) -> str:
+    return f"{what} nests lists or mappings more than {limit} deep; no valid file does"
 
 
 @contextlib.contextmanager
@@ -193,10 +237,16 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ValueError(f"config file {_too_deep(str(path))}: fix or replace it") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: bad UTF-8, an int of 5,000 digits
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ValueError(f"config file {path} is not valid YAML{line}: fix or replace it") from None
+    try:
+        check_nesting(data, str(path))
+    except ValueError as e:
+        raise ValueError(f"config file {e}: fix or replace it") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
     return data

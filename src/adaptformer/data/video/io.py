@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ..safe import DECODE_ERRORS, open_image
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     path = Path(path)
     if path.is_dir():
         files = frame_files(path)
-        with Image.open(files[0]) as im:
-            return VideoInfo(len(files), im.height, im.width, None)
+        try:
+            with open_image(files[0]) as im:
+                return VideoInfo(len(files), im.height, im.width, None)
+        except DECODE_ERRORS as e:
+            raise VideoDecodeError(f"cannot read frame {files[0]}: {e}") from e
     if not path.is_file():
         raise VideoDecodeError(f"video {path} does not exist")
     av = _av()
@@ -130,9 +134,9 @@ def _read_folder(folder: Path, indices: Sequence[int]) -> np.ndarray:
         j = min(i, len(files) - 1)
         if j not in cache:
             try:
-                with Image.open(files[j]) as im:
+                with open_image(files[j]) as im:
                     cache[j] = np.asarray(im.convert("RGB"))
-            except OSError as e:
+            except DECODE_ERRORS as e:
                 raise VideoDecodeError(f"cannot read frame {files[j]}: {e}") from e
         out.append(cache[j])
     return np.stack(out)
