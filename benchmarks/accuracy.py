@@ -328,6 +328,7 @@ def train_config(run: Run, s: Settings, data: dict[str, tuple[str, str]], checkp
         output=str(work / run.folder),
         device="cpu",
         max_steps_per_epoch=s.max_steps_per_epoch,
+        divergence_guard=False,  # every swept lr is scored, as when the results were measured
         **recipe,
         **fields,
     )

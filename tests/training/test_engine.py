@@ -42,7 +42,7 @@ def test_nan_loss_stops_before_the_optimizer_step():
     opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
     before = model.head.weight.clone()
     loader = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]
-    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 0 step 0"):
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1 step 0"):
         train_one_epoch(model, loader, opt, Schedule(0.1, 0, 0, 1), 0, torch.device("cpu"),
                         progress=False)  # fmt: skip
     assert torch.equal(model.head.weight, before)

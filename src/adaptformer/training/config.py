@@ -209,6 +209,9 @@ class TrainConfig:
         choices=["fp32", "bf16", "fp16"],
     )
     grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
+    divergence_guard: bool = _f(
+        True, "stop a run whose loss climbs past 3x its start (a learning rate too high)"
+    )
     # run
     seed: int = _f(0, "random seed (data subset, init, order, augmentation)")
     output: str | None = _f(None, "run folder (default runs/<dataset>-<method>-<time>)")

@@ -25,6 +25,42 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops before the optimizer applies it."""
 
 
+class DivergenceError(NonFiniteLossError):
+    """The loss rose far above where the run started: the learning rate is too high."""
+
+
+@dataclass
+class DivergenceGuard:
+    """Stops a run whose loss climbs far above its start, instead of letting it finish as
+    noise (a linear probe at too high a learning rate went 2.4 -> 12.7 -> 23.7 in 10 steps and
+    ended at 26% where a tenth of the rate reached 47%).
+
+    The start is the loss of the run's first step, taken before any update: with a fresh head
+    it is about ln(classes) whatever the batch, and a too-high learning rate can wreck a run
+    within its first few steps, so a later reference would already be inflated. It is kept in
+    the checkpoint, so a resumed run compares with the same start. The loss compared is an
+    exponential moving average, so one hard batch does not stop a healthy run. ``hint`` says
+    which flag to lower.
+    """
+
+    hint: str
+    factor: float = 3.0
+    smoothing: float = 0.8
+    start: float | None = None
+    _ema: float | None = None
+
+    def check(self, loss: float, epoch: int, step: int, lr: float) -> None:
+        if self.start is None:
+            self.start = loss
+        self._ema = loss if self._ema is None else self.smoothing * self._ema + (1 - self.smoothing) * loss
+        if self.start is not None and self.start > 0 and self._ema > self.factor * self.start:
+            raise DivergenceError(
+                f"diverged at epoch {epoch + 1} step {step}: the loss (moving average) reached "
+                f"{self._ema:.3g}, over {self.factor:g}x its start {self.start:.3g} (lr {lr:.3g}); "
+                f"{self.hint}, or pass --no-divergence-guard; the last good checkpoint is kept"
+            )
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Per-step linear warm-up then half-cycle cosine, as in MAE / the reference code."""
@@ -102,16 +138,17 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    guard: DivergenceGuard | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss, last and highest lr, and images/s, over all
-    processes."""
+    processes. ``guard`` (if given) stops a diverging run."""
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps * accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_sum, images, lr, lr_peak = torch.zeros((), device=device), 0, 0.0, 0.0
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
     for i, batch in enumerate(loader):
         if i >= steps:
             break
@@ -129,12 +166,17 @@ def train_one_epoch(
             logits = model(x)
         loss = _loss(logits, y, label_smoothing)
         # agree across ranks, so every process stops together instead of hanging in a collective
-        bad = all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
-        if bad.item() > 0:
+        finite = torch.isfinite(loss)
+        bad, loss_sum_ranks, ranks = all_reduce_sum(torch.stack([
+            (~finite).float(), torch.where(finite, loss.detach().float(), 0.0), finite.new_ones((), dtype=torch.float)
+        ])).tolist()  # fmt: skip
+        if bad > 0:
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch} step {i} (lr {lr:.3g}): lower --lr/--blr, "
-                "use --precision fp32 or --clip-grad; the last good checkpoint is kept"
+                f"loss is {loss.item()} at epoch {epoch + 1} step {i} (lr {lr:.3g}): lower "
+                "--lr/--blr, use --precision fp32 or --clip-grad; the last good checkpoint is kept"
             )
+        if guard is not None:
+            guard.check(loss_sum_ranks / ranks, epoch, i, lr)  # the same on every rank
         (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
         if (i + 1) % accum_steps == 0 or i + 1 == steps:
             if scaler:

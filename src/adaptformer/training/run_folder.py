@@ -39,7 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 # Held (a POSIX record lock) by the training that writes a run folder; not part of the run's results.
 LOCK = ".adaptformer.lock"
 # Options that may differ when resuming (they do not change the computation).
-RESUMABLE_OVERRIDES = ("workers", "device", "output")
+RESUMABLE_OVERRIDES = ("workers", "device", "output", "divergence_guard")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

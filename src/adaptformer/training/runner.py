@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -32,7 +33,7 @@ from ..utils.errors import TrainingInterrupted
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
 from .draws import SeededBatches, SeededDraws
-from .engine import GlobalBatchSampler, Schedule, train_one_epoch
+from .engine import DivergenceGuard, GlobalBatchSampler, Schedule, train_one_epoch
 from .eta import EtaLoader
 from .modality import Modality, data_stats, modality_of
 from .plots import plot_learning_curve
@@ -200,8 +201,11 @@ def _train(
     )
 
     start_epoch, history, best = 0, [], {"score": None, "loss": None, "epoch": None, "state": None}
+    guard = DivergenceGuard(_lower_lr_hint(cfg)) if cfg.divergence_guard else None
     if resume:
-        start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
+        start_epoch, history, best, loss_start = _load_checkpoint(run, optimizer, scaler)
+        if guard is not None:
+            guard.start = loss_start  # compare with where the run started, not where it is
         _log.info("resuming %s at epoch %d/%d", run.out, start_epoch + 1, cfg.epochs)
     _write_metrics(run, history)
     steps = loader_steps(cfg, sampler)
@@ -223,7 +227,7 @@ def _train(
         row: dict[str, Any] = {"epoch": epoch}
         row |= train_one_epoch(
             ddp, loader, optimizer, schedule, epoch, device, cfg.precision, cfg.accum_steps,
-            cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress,
+            cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress, guard,
         )  # fmt: skip
         if run.data.val is not None:
             row |= run.evaluate(ddp, run.data.val, "val", progress)
@@ -242,7 +246,8 @@ def _train(
         )
         if info.is_main:
             _write_metrics(run, history)
-            _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best)
+            _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best,
+                             guard.start if guard else None)  # fmt: skip
         dist_utils.barrier()
     return _finish(run, counts, history, best, progress)
 
@@ -306,7 +311,17 @@ def _load_task_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             t.copy_(state[k])
 
 
-def _save_checkpoint(run: Run, optimizer, scaler, next_epoch: int, history, best) -> None:
+def _lower_lr_hint(cfg: TrainConfig) -> str:
+    """Which flag sets this run's learning rate, and its value, for the divergence message."""
+    if cfg.lr is not None:
+        return f"lower --lr (now {cfg.lr:g})"
+    default = "" if cfg.blr is not None else f", the {cfg.method} default"
+    return f"lower --blr (now {cfg.resolved_blr:g}{default}; try a tenth)"
+
+
+def _save_checkpoint(
+    run: Run, optimizer, scaler, next_epoch: int, history, best, loss_start: float | None
+) -> None:
     atomic_torch_save(
         {
             "next_epoch": next_epoch,
@@ -317,12 +332,13 @@ def _save_checkpoint(run: Run, optimizer, scaler, next_epoch: int, history, best
             "history": history,
             "best": best,
             "config": run.cfg.to_dict(),
+            "divergence_start": loss_start,  # the divergence guard's reference loss
         },
         run.out / CHECKPOINT,
     )
 
 
-def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
+def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict, float | None]:
     """Restore training from the run's checkpoint; a damaged one is a one-line ``ValueError``
     and leaves the model as built."""
     path = run.out / CHECKPOINT
@@ -350,7 +366,10 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict]:
     if problems:
         raise damaged_checkpoint(path, "; ".join(problems))
     _load_task_state(run.model, ckpt["task_state"])
-    return ckpt["next_epoch"], ckpt["history"], ckpt["best"]
+    start = ckpt.get("divergence_start")  # absent in checkpoints of older versions
+    if not (isinstance(start, float) and math.isfinite(start) and start > 0):
+        start = None  # measured again from the resumed steps
+    return ckpt["next_epoch"], ckpt["history"], ckpt["best"], start
 
 
 def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:

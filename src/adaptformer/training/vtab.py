@@ -103,6 +103,9 @@ class Protocol:
             "train_split": split[0], "test_split": split[1], "val_fraction": 0.0,
             "lr": None, "blr": blr, "seed": seed,
             "output": str(self.output / task / spec / folder),
+            # A sweep scores every learning rate, diverging ones too: stopping them would end
+            # the protocol, and their low val200 score is what rules them out.
+            "divergence_guard": False,
         })  # fmt: skip
 
 
