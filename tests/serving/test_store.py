@@ -233,3 +233,253 @@ def test_top_k_is_softmax_or_sigmoid_and_never_longer_than_the_row():
     assert top_k(logits, 1, multilabel=True)[0][1] == pytest.approx(
         torch.sigmoid(torch.tensor(2.0)).item()
     )
+
+
+# -- issue #24: concurrent admins, crashes, refused changes, hostile registries ----------------
+
+
+def _tree(root):
+    """Every file under ``root`` (hidden ones too) with its bytes: a refused change keeps it."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+        if not p.name.endswith(".lock")
+    }
+
+
+def _many(tmp_path, run, count, prefix="e"):
+    reg = af.TaskRegistry(tmp_path / "reg")
+    for i in range(count):
+        reg.add(f"{prefix}{i}", run)
+    return reg
+
+
+def _in_threads(calls):
+    """Run ``calls`` at once (a barrier releases them together); re-raise the first error."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    errors = []
+
+    def go(call):
+        barrier.wait()
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a registry change hung"
+    if errors:
+        raise errors[0]
+
+
+def test_parallel_removes_from_threads_leave_a_consistent_registry(tmp_path, runs):
+    """20 concurrent DELETEs answered 200 but left 12 names in registry.json."""
+    reg = _many(tmp_path, runs[1], 20)
+    _in_threads([lambda i=i: af.TaskRegistry(reg.root).remove(f"e{i}") for i in range(20)])
+    assert reg.names() == [] and reg.backbone is None
+    assert sorted(p.name for p in reg.root.iterdir()) == ["registry.json", "registry.lock"]
+
+
+def test_parallel_adds_replaces_and_removes_from_threads(tmp_path, runs):
+    _, a, b = runs
+    reg = _many(tmp_path, b, 6)
+    calls = [lambda i=i: af.TaskRegistry(reg.root).remove(f"e{i}") for i in range(3)]
+    calls += [lambda i=i: reg.add(f"e{i}", a, replace=True) for i in range(3, 6)]
+    calls += [lambda i=i: af.TaskRegistry(reg.root).add(f"n{i}", a) for i in range(6)]
+    _in_threads(calls)
+    assert reg.names() == [f"e{i}" for i in range(3, 6)] + [f"n{i}" for i in range(6)]
+    assert {t.name: t.method for t in reg.list()} == {n: "adaptformer" for n in reg.names()}
+    fresh = tiny_vit()
+    fresh.load_state_dict(af.backbone_parameters(runs[0]), strict=False)
+    reg.load_all(fresh)  # every indexed folder is complete
+
+
+_WORKER = """
+import sys
+from adaptformer.cli import main
+registry, run, action, prefix, count = sys.argv[1:6]
+for i in range(int(count)):
+    argv = ["tasks", action, f"{prefix}{i}"] + ([run] if action == "add" else [])
+    code = main(argv + ["--registry", registry])
+    assert code == 0, (action, prefix, i, code)
+"""
+
+
+def test_two_processes_adding_and_removing_at_once(tmp_path, runs):
+    """`adaptformer tasks` in two processes on one registry: no change is lost."""
+    import os
+    import subprocess
+    import sys
+
+    _, a, b = runs
+    reg = _many(tmp_path, b, 5, prefix="old")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    jobs = [
+        ("add", "p", a, 5),
+        ("remove", "old", a, 5),
+        ("add", "q", b, 5),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(reg.root), str(run), action, prefix, str(n)],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )
+        for action, prefix, run, n in jobs
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    assert reg.names() == sorted([f"p{i}" for i in range(5)] + [f"q{i}" for i in range(5)])
+    assert len(reg.list()) == 10
+
+
+@pytest.mark.parametrize("action", ["replace", "remove", "add"])
+def test_a_crash_at_any_point_leaves_a_loadable_registry(tmp_path, runs, action):
+    """The folder swap was rmtree then rename: a crash in between left an indexed task without
+    its folder. Kill a forked writer at its k-th file-system change, for every k."""
+    import os
+    import shutil
+
+    _, a, b = runs
+    for k in range(1, 30):
+        root = tmp_path / f"reg{k}"
+        reg = af.TaskRegistry(root)
+        reg.add("keep", b)
+        reg.add("t", b)
+        before = _tree(root)
+        pid = os.fork()
+        if pid == 0:  # the child changes the registry and dies at its k-th step
+            calls = [0]
+
+            def dying(real):
+                def step(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == k:
+                        os._exit(17)
+                    return real(*args, **kwargs)
+
+                return step
+
+            os.rename, os.replace = dying(os.rename), dying(os.replace)
+            shutil.rmtree = dying(shutil.rmtree)
+            r = af.TaskRegistry(root)
+            {"replace": lambda: r.add("t", a, replace=True), "remove": lambda: r.remove("t"),
+             "add": lambda: r.add("u", a)}[action]()  # fmt: skip
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        crashed = os.waitstatus_to_exitcode(status) == 17
+        reg = af.TaskRegistry(root)
+        assert {"keep"} <= set(reg.names()) <= {"keep", "t", "u"}
+        for info in reg.list():  # every indexed task is complete
+            af.adapters.files.read_adapter_files(reg.path(info.name))
+        methods = {t.name: t.method for t in reg.list()}
+        if action == "replace":
+            assert methods["t"] in ("adaptformer", "lora")
+        if crashed and action == "remove" and "t" in methods:
+            assert methods["t"] == "lora"
+        reg.add("after", a)  # and it takes changes again
+        if not crashed:
+            break
+    else:
+        pytest.fail("the change never finished")
+
+
+def test_a_refused_add_leaves_the_registry_byte_identical(tmp_path, runs):
+    model, a, b = runs
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", a)
+    before = _tree(reg.root)
+    other = save_task(tiny_vit(), tmp_path / "other", "o", af.AdapterConfig(bottleneck=4), 3)
+    full = save_task(tiny_vit(), tmp_path / "full", "f", af.AdapterConfig(method="full"), 2)
+    for call in (
+        lambda: reg.add("alpha", b),  # exists
+        lambda: reg.add("gamma", other),  # another backbone
+        lambda: reg.add("gamma", full),  # changes the backbone
+        lambda: reg.add("gamma", tmp_path / "missing"),
+    ):
+        with pytest.raises((ValueError, FileNotFoundError)):
+            call()
+        assert _tree(reg.root) == before
+
+
+def test_an_add_is_not_refused_for_a_broken_task_elsewhere(tmp_path, runs):
+    """With a broken entry elsewhere, add() wrote the task and then failed listing all tasks."""
+    _, a, b = runs
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", a)
+    (reg.root / "alpha" / "adapter_config.json").write_text("{")
+    info = reg.add("zz", b)
+    assert info.name == "zz" and info.method == "lora" and "zz" in reg.names()
+
+
+def test_a_fifo_in_a_run_folder_is_refused_without_hanging(tmp_path, runs):
+    import os
+    import shutil
+    import threading
+
+    _, a, _ = runs
+    run = tmp_path / "fifo_run"
+    shutil.copytree(a, run)
+    (run / "adapter_model.safetensors").unlink()
+    os.mkfifo(run / "adapter_model.safetensors")
+    reg = af.TaskRegistry(tmp_path / "reg")
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(ValueError, reg.add, "f", run)))
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(run / "adapter_model.safetensors", "wb"):
+            pass
+        pytest.fail("adding a run with a FIFO hung")
+    assert "not a regular file" in str(errors[0].value)
+
+
+def _write_index(reg, edit):
+    index = json.loads((reg.root / "registry.json").read_text())
+    edit(index)
+    (reg.root / "registry.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda i: i["backbone"].update(img_size="abc"), "img_size"),
+        (lambda i: i["backbone"].update(img_size=100000), "img_size"),
+        (lambda i: i["backbone"].update(model=5), "model"),
+        (lambda i: i["backbone"].update(backbone_sha256=["x"]), "backbone_sha256"),
+        (lambda i: i["backbone"].update(checkpoint=7), "checkpoint"),
+        (lambda i: i["backbone"].update(mean="red"), "mean"),
+        (lambda i: i["tasks"]["alpha"].update(source=5), "source"),
+        (lambda i: i.update(tasks={"alpha": {}}, backbone=None), "backbone"),
+        (lambda i: i.update(tasks=[]), "tasks"),
+    ],
+)
+def test_registry_json_types_are_checked_at_read_time(tmp_path, runs, edit, match):
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", runs[1])
+    _write_index(reg, edit)
+    for call in (reg.names, lambda: reg.backbone, reg.list):
+        with pytest.raises(ValueError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value) and "registry.json" in str(err.value)
+
+
+def test_a_pickled_backbone_in_the_registry_is_refused_in_one_line(tmp_path, runs):
+    from fractions import Fraction
+
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", runs[1])
+    pickled = tmp_path / "backbone.pth"
+    torch.save({"w": torch.zeros(2), "x": Fraction(1, 2)}, pickled)
+    real = {"checkpoint": str(pickled), "model": "vit_tiny_patch16_224"}
+    _write_index(reg, lambda i: i["backbone"].update(real))
+    with pytest.raises(ValueError, match="backbone.pth") as err:
+        reg.build_model()
+    text = str(err.value)
+    assert "\n" not in text and "weights_only" not in text and "trust" not in text
