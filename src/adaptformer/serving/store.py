@@ -60,7 +60,6 @@ from ..utils.files import (
     MAX_TENSOR_BYTES,
     MAX_TEXT_BYTES,
     atomic_write_text,
-    first_line,
     is_count,
     open_regular,
     read_json,
@@ -292,7 +291,7 @@ class TaskRegistry:
             try:
                 for f in TASK_FILES:
                     _copy_regular(run_dir / f, staged / f)
-                info, record = check_run(staged, shown=run_dir)  # the copy is what gets served
+                _, record = check_run(staged, shown=run_dir)  # the copy is what gets served
                 record["checkpoint"] = _checkpoint_of(run_dir)
                 index = self._index()
                 if name in index["tasks"] and not replace:
