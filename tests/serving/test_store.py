@@ -11,6 +11,7 @@ import adaptformer as af
 from adaptformer.adapters.trainable import backbone_fingerprint
 
 from ..helpers import tiny_vit
+from .conftest import TASKS
 
 
 def save_task(model, directory, name, cfg, classes, **meta):
@@ -502,3 +503,147 @@ def test_a_pickled_backbone_in_the_registry_is_refused_in_one_line(tmp_path, run
         reg.build_model()
     text = str(err.value)
     assert "\n" not in text and "weights_only" not in text and "trust" not in text
+
+
+# -- the server's catalog on a registry (hot PUT/DELETE) --------------------------------------
+
+
+def _catalog(registry):
+    from adaptformer.serving.catalog import Catalog
+
+    return Catalog.from_registry(registry)
+
+
+def _answers(catalog, task):
+    adapter = next(v.adapter for v in catalog.list() if v.name == task)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return af.forward_tasks(catalog.model, x, [adapter] * 3).logits.clone()
+
+
+def _backbone_run(tmp_path, task_runs, method):
+    """A `full`/`bitfit` run on the registry's backbone: its backbone tensors trained away from
+    the shared ones, its metadata fingerprinting the backbone it started from."""
+    from adaptformer.training.modality import data_stats
+
+    from .conftest import IMG, MODEL, backbone
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    import shutil
+
+    shutil.copy(yaml_checkpoint(task_runs["shapes"]), ckpt)
+    model = backbone(ckpt)
+    sha = backbone_fingerprint(model)
+    af.inject(model, af.AdapterConfig(method=method), name="t", num_classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    meta = {"model": MODEL, "img_size": IMG, "backbone_sha256": sha, **data_stats(model)}
+    return af.save_adapter(model, tmp_path / method, "t", metadata=meta)
+
+
+def yaml_checkpoint(run):
+    return (run / "config.yaml").read_text().split(":", 1)[1].strip()
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_a_backbone_changing_put_leaves_every_task_answering_alike(
+    tmp_path, registry, task_runs, method
+):
+    """A PUT of a full/bitfit run loaded its backbone tensors into the shared model before the
+    registry refused it: a 422, and every served task answered differently afterwards."""
+    catalog = _catalog(registry)
+    before = _answers(catalog, "shapes")
+    tree = _tree(registry.root)
+    run = _backbone_run(tmp_path, task_runs, method)
+    with pytest.raises(ValueError, match="changes the backbone's own weights"):
+        catalog.put("zz", run)
+    assert torch.equal(_answers(catalog, "shapes"), before)
+    assert _tree(registry.root) == tree and [v.name for v in catalog.list()] == sorted(TASKS)
+
+
+def test_a_put_is_not_refused_for_a_broken_task_elsewhere(registry, task_runs):
+    catalog = _catalog(registry)
+    (registry.root / "probe" / "adapter_config.json").write_text("{")
+    version = catalog.put("zz", task_runs["shapes_v2"])
+    assert version.name == "zz" and "zz" in registry.names()
+
+
+def test_a_put_refused_by_the_model_leaves_the_registry_byte_identical(tmp_path, registry):
+    """The run fits its own recorded backbone, not the served one (another width)."""
+    catalog = _catalog(registry)
+    tree = _tree(registry.root)
+    model = tiny_vit()
+    sha = registry.backbone["backbone_sha256"]
+    run = save_task(model, tmp_path / "narrow", "n", af.AdapterConfig(bottleneck=4), 3)
+    info = json.loads((run / "adapter_config.json").read_text())
+    info["metadata"].update(backbone_sha256=sha, model="vit_tiny_patch16_224")
+    (run / "adapter_config.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        catalog.put("narrow", run)
+    assert _tree(registry.root) == tree and "narrow" not in {v.name for v in catalog.list()}
+
+
+def test_a_task_version_covers_its_config_too(tmp_path, registry, task_runs):
+    """Tasks with another scale or other class names reported the same version."""
+    import shutil
+
+    catalog = _catalog(registry)
+    for change in ({"classes": ["a", "b", "c"]}, {"scale": 3.0}):
+        run = tmp_path / f"edited{len(catalog.list())}"
+        shutil.copytree(task_runs["shapes"], run)
+        info = json.loads((run / "adapter_config.json").read_text())
+        if "scale" in change:
+            info["config"].update(change)
+        else:
+            info["metadata"].update(change)
+        (run / "adapter_config.json").write_text(json.dumps(info))
+        name = run.name
+        assert catalog.put(name, run).version != catalog.put("shapes").version
+
+
+def test_a_fifo_put_is_refused_without_hanging(tmp_path, registry, task_runs):
+    import os
+    import shutil
+    import threading
+
+    catalog = _catalog(registry)
+    run = tmp_path / "fifo"
+    shutil.copytree(task_runs["shapes_v2"], run)
+    (run / "adapter_model.safetensors").unlink()
+    os.mkfifo(run / "adapter_model.safetensors")
+    errors = []
+
+    def put():
+        try:
+            catalog.put("fifo", run)
+        except ValueError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=put, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        with open(run / "adapter_model.safetensors", "wb"):
+            pass
+        pytest.fail("a PUT of a run with a FIFO hung")
+    assert errors and "not a regular file" in str(errors[0])
+
+
+def test_serve_skips_a_broken_task_and_says_so(registry, caplog):
+    """One broken task made `serve` refuse the whole registry."""
+    from starlette.testclient import TestClient
+
+    from adaptformer.serving.app import create_app
+
+    weights = registry.root / "colours" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    with caplog.at_level("WARNING"):
+        catalog = _catalog(registry)
+    assert [v.name for v in catalog.list()] == ["probe", "shapes"]
+    assert set(catalog.skipped) == {"colours"} and "safetensors" in catalog.skipped["colours"]
+    lines = [r.getMessage() for r in caplog.records if "colours" in r.getMessage()]
+    assert len(lines) == 1 and "skipping task 'colours'" in lines[0] and "\n" not in lines[0]
+    with TestClient(create_app(catalog)) as client:
+        health = client.get("/healthz").json()
+    assert health["tasks"] == 2 and "colours" in health["skipped"]
