@@ -195,7 +195,7 @@ def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str,
     config = AdapterConfig.from_dict(info["config"])
     path = Path(directory) / WEIGHTS_NAME
     header = safetensors_header(path)
-    problems = _size_problems(config, info["num_classes"], header)
+    problems = _size_problems(config, info["num_classes"], header) + _config_too_large(config)
     bad_dtype = sorted(k for k, t in header.items() if t.dtype not in FLOAT_DTYPES | {"I64"})
     if bad_dtype:
         problems.append(f"not floating point: {', '.join(bad_dtype)}")
@@ -262,6 +262,18 @@ def _not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [f"holds NaN or infinite values in {', '.join(bad[:10])}"] if bad else []
 
 
+def _config_too_large(config: AdapterConfig) -> list[str]:
+    """The config's own multipliers (a fixed adapter scale, LoRA's alpha / r) are weights too."""
+    factors = {"lora_alpha / bottleneck": config.lora_alpha / max(config.bottleneck, 1)}
+    if is_finite_number(config.scale):
+        factors["scale"] = config.scale
+    return [
+        f"{k} {abs(v):g} is above {MAX_ABS_WEIGHT:g} in magnitude"
+        for k, v in factors.items()
+        if abs(v) > MAX_ABS_WEIGHT
+    ]
+
+
 def _too_large(tensors: dict[str, torch.Tensor]) -> list[str]:
     bad = sorted(
         k
@@ -316,6 +328,8 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     config = AdapterConfig.from_dict(info["config"])
     existing = getattr(model, "adaptformer", None)
     injected = existing is None or name not in existing.configs
+    if not injected:
+        _refuse_other_config(existing.configs[name], config, name, directory)
     head_before, active_before = model.head, existing.active if existing else None
     if injected:
         inject(model, config, name=name, num_classes=info["num_classes"])
@@ -341,6 +355,22 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         for k, t in expected.items():
             t.copy_(tensors[k])
     return model
+
+
+def _refuse_other_config(
+    present: AdapterConfig, wanted: AdapterConfig, name: str, directory: str | Path
+) -> None:
+    """Loading into an existing task copies tensors only: its config (scale, LoRA scaling,
+    position, activation, ...) would stay the old one and the task would answer neither as
+    before nor as the file says, so another config is refused before anything changes."""
+    old, new = present.to_dict(), wanted.to_dict()
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise ValueError(
+            f"adapter {name!r} exists with another config than the one in {directory} "
+            f"({', '.join(f'{k}: {old.get(k)!r} vs {new.get(k)!r}' for k in differ[:4])}); "
+            f"delete_adapter(model, {name!r}) first or load it under another name"
+        )
 
 
 def _mismatches(
