@@ -255,8 +255,6 @@ def test_overflowing_magnitudes_are_refused_at_load(tmp_path, where):
     """Finite weights of 1e38 (or a scale of 1e38) turned every answer into inf (item 15)."""
     from safetensors.torch import save_file
 
-    from adaptformer.adapters.files import MAX_ABS_WEIGHT
-
     method = "lora" if where == "lora_alpha" else "adaptformer"
     directory, backbone = _saved(tmp_path, method)
     if where == "weights":
@@ -267,7 +265,7 @@ def test_overflowing_magnitudes_are_refused_at_load(tmp_path, where):
         save_file(tensors, str(path), {"format": "adaptformer-adapter/1"})
     else:
         _edit_config(directory, lambda i: {**i, "config": {**i["config"], where: 1e38}})
-    _refused(directory, backbone, f"above {MAX_ABS_WEIGHT:g}")
+    _refused(directory, backbone, "above 10000 in magnitude")
 
 
 def test_real_magnitudes_stay_far_below_the_bound(tmp_path):
