@@ -166,3 +166,29 @@ def test_files_over_the_size_bound_are_refused_unread(tmp_path):
     assert read_regular_bytes(path, 5000, "a registry") == b"x" * 2001
     with pytest.raises(FileNotFoundError):
         regular_file_size(tmp_path / "missing", 10, "a registry")
+
+
+def test_a_fifo_checkpoint_is_refused_without_hanging(tmp_path):
+    import os
+    import threading
+
+    from adaptformer.training.run_folder import read_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    os.mkfifo(path)
+    errors = []
+
+    def read():
+        try:
+            read_checkpoint(path)
+        except ValueError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        with open(path, "wb"):
+            pass
+        pytest.fail("reading a FIFO checkpoint hung")
+    assert "not a regular file" in str(errors[0])
