@@ -171,3 +171,16 @@ def test_tasks_add_checks_what_loading_checks(trained, capsys, edit, match):
     assert (reg / "registry.json").read_bytes() == index and not (reg / "bad").exists()
     code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
     assert [t["name"] for t in json.loads(out)["tasks"]] == ["a"]
+
+
+def test_tasks_list_shows_a_broken_task_instead_of_failing(trained, capsys):
+    root, _, runs = trained
+    reg = root / "registry_broken"
+    for name, run in runs.items():
+        assert cli(capsys, "tasks", "add", name, str(run), "--registry", str(reg))[0] == 0
+    (reg / "a" / "adapter_config.json").write_text("{")
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg))
+    assert code == 0 and "BROKEN" in out and "not valid JSON" in out and "lora" in out
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
+    rows = {t["name"]: t for t in json.loads(out)["tasks"]}
+    assert rows["a"]["problem"] and not rows["b"]["problem"]

@@ -99,6 +99,7 @@ class TaskInfo:
     bytes: int
     source: str
     added: str
+    problem: str = ""  # why the task's files cannot be loaded ("" when they can)
 
 
 class TaskRegistry:
@@ -245,6 +246,14 @@ class TaskRegistry:
 
     @staticmethod
     def _info(name: str, folder: Path, entry: dict[str, Any]) -> TaskInfo:
+        try:
+            return TaskRegistry._checked_info(name, folder, entry)
+        except (ValueError, OSError) as e:  # listed with its problem, not a failed listing
+            source, added = str(entry.get("source", "?")), str(entry.get("added", "?"))
+            return TaskInfo(name, "?", 0, 0, source, added, " ".join(str(e).split()))
+
+    @staticmethod
+    def _checked_info(name: str, folder: Path, entry: dict[str, Any]) -> TaskInfo:
         info = read_adapter_config(folder)
         size = sum(regular_file_size(folder / f, MAX_TENSOR_BYTES, f) for f in TASK_FILES)
         return TaskInfo(
@@ -283,10 +292,11 @@ class TaskRegistry:
             ValueError: a bad name, an existing task, damaged adapter files, a full/bitfit run,
                 adapter tensors loading would refuse, or another backbone.
         """
-        target = self._folder(name)
+        self._folder(name)
         run_dir = Path(run_dir)
         check_run(run_dir)  # refused before the registry is touched (or created)
         with self.locked(create=True):
+            target = self._folder(name)  # again: no link planted since
             staged = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}.new-"))
             try:
                 for f in TASK_FILES:
@@ -313,7 +323,7 @@ class TaskRegistry:
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
             _log.info("registered task %r from %s in %s", name, run_dir, self.root)
-            return self._info(name, target, index["tasks"][name])
+            return self._checked_info(name, target, index["tasks"][name])
 
     def _swap_in(self, name: str, target: Path, staged: Path, index: dict[str, Any]) -> None:
         """Put ``staged`` in place of ``target`` and commit ``index``: the old folder is moved
@@ -446,6 +456,10 @@ def _process_lock(root: Path) -> Iterator[None]:
         _log.debug("%s is read-only: reading it without the lock", root)
         yield
         return
+    except OSError as e:  # a link or a folder planted as registry.lock
+        raise ValueError(
+            f"cannot lock {root / LOCK} ({e.strerror}); it must be a plain file: remove it"
+        ) from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until another process releases it
         yield
