@@ -647,3 +647,17 @@ def test_serve_skips_a_broken_task_and_says_so(registry, caplog):
     with TestClient(create_app(catalog)) as client:
         health = client.get("/healthz").json()
     assert health["tasks"] == 2 and "colours" in health["skipped"]
+
+
+def test_parallel_deletes_and_puts_through_the_catalog(registry, task_runs):
+    """The issue's probe: concurrent DELETE /v1/tasks/eN all answered 200, yet names stayed in
+    registry.json; here DELETEs and PUTs race on one served registry."""
+    catalog = _catalog(registry)
+    for i in range(8):
+        catalog.put(f"e{i}", task_runs["shapes_v2"])
+    calls = [lambda i=i: catalog.remove(f"e{i}") for i in range(8)]
+    calls += [lambda i=i: catalog.put(f"n{i}", task_runs["probe"]) for i in range(4)]
+    _in_threads(calls)
+    expected = sorted([*TASKS, *(f"n{i}" for i in range(4))])
+    assert registry.names() == expected == [v.name for v in catalog.list()]
+    assert all(not t.problem for t in registry.list())

@@ -227,7 +227,7 @@ def loadable_problems(info: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
     config = AdapterConfig.from_dict(info["config"])
     try:
         expected = _stand_in_tensors(config, info["num_classes"], **dims)
-    except (ValueError, TypeError) as e:
+    except Exception as e:
         return [f"its config does not fit its backbone record ({first_line(e)})"]
     own = {k: t for k, t in tensors.items() if not k.startswith("backbone.")}
     return _mismatches(own, expected)
@@ -243,6 +243,7 @@ def _stand_in_tensors(
             img_size=16, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=1,
             mlp_ratio=1.0, num_classes=0, class_token=num_prefix_tokens > 0,
             reg_tokens=max(num_prefix_tokens - 1, 0), no_embed_class=True,
+            global_pool="token" if num_prefix_tokens > 0 else "avg",
         )  # fmt: skip
         inject(model, config, name="t", num_classes=num_classes)
         expected = adapter_tensors(model, "t")
