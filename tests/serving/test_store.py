@@ -661,3 +661,25 @@ def test_parallel_deletes_and_puts_through_the_catalog(registry, task_runs):
     expected = sorted([*TASKS, *(f"n{i}" for i in range(4))])
     assert registry.names() == expected == [v.name for v in catalog.list()]
     assert all(not t.problem for t in registry.list())
+
+
+@pytest.mark.parametrize("name", ["alpha", "fresh"])
+def test_a_failed_index_write_leaves_the_registry_byte_identical(tmp_path, runs, monkeypatch, name):
+    """A full disk while registry.json is written: the old folder (or none) stays."""
+    from adaptformer.serving import store
+    from adaptformer.utils.errors import UserFacingError
+
+    _, a, b = runs
+    reg = af.TaskRegistry(tmp_path / "reg")
+    reg.add("alpha", a)
+    before = _tree(reg.root)
+
+    def full(path, text):
+        raise UserFacingError(f"no space left on device while writing {path}")
+
+    monkeypatch.setattr(store, "atomic_write_text", full)
+    with pytest.raises(UserFacingError):
+        reg.add(name, b, replace=True)
+    with pytest.raises(UserFacingError):
+        reg.remove("alpha")
+    assert _tree(reg.root) == before

@@ -334,8 +334,8 @@ class TaskRegistry:
         try:
             os.rename(staged, target)
             self._write(index)
-        except BaseException:
-            if target.exists() and aside.exists():
+        except BaseException:  # put everything back: the new folder out, the old one in
+            if target.exists():  # only ours can be there: the old one was moved aside
                 os.rename(target, staged)
             if aside.exists():
                 os.rename(aside, target)
