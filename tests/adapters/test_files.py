@@ -309,3 +309,20 @@ def test_loading_the_same_config_into_an_existing_name_copies_the_weights(tmp_pa
     af.load_adapter(fresh, tmp_path / "a", name="cifar")
     with torch.no_grad():
         torch.testing.assert_close(fresh(X), model(X))
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_a_backbone_changing_task_is_not_loaded_beside_other_tasks(tmp_path, method):
+    """Its backbone tensors would be copied over the backbone the other tasks share (item 4)."""
+    model, backbone = _trained(method)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.bias.add_(0.5)
+    af.save_adapter(model, tmp_path / "a")
+    fresh = _fresh(backbone)
+    af.inject(fresh, af.AdapterConfig(bottleneck=4), name="other", num_classes=3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="changes the backbone") as err:
+        af.load_adapter(fresh, tmp_path / "a", name="cifar")
+    assert "\n" not in str(err.value) and "other" in str(err.value)
+    after = fresh.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -331,6 +331,7 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     injected = existing is None or name not in existing.configs
     if not injected:
         _refuse_other_config(existing.configs[name], config, name, directory)
+    _refuse_shared_backbone_change(existing, config, name, directory)
     head_before, active_before = model.head, existing.active if existing else None
     if injected:
         inject(model, config, name=name, num_classes=info["num_classes"])
@@ -356,6 +357,20 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         for k, t in expected.items():
             t.copy_(tensors[k])
     return model
+
+
+def _refuse_shared_backbone_change(
+    existing: Any, config: AdapterConfig, name: str, directory: str | Path
+) -> None:
+    """A ``full``/``bitfit`` task carries backbone tensors; copying them into a model that
+    holds other tasks would change the backbone those tasks share (and their answers)."""
+    others = sorted(set(existing.configs) - {name}) if existing is not None else []
+    if method_rule(config.method).trains_backbone and others:
+        raise ValueError(
+            f"adapter in {directory} was trained with method {config.method}, which changes the "
+            f"backbone's own weights, so it cannot be loaded beside the tasks {others[:5]} that "
+            "share this backbone: load it into a model of its own"
+        )
 
 
 def _refuse_other_config(
