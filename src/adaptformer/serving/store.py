@@ -135,7 +135,10 @@ class TaskRegistry:
                     self.root.mkdir(parents=True, exist_ok=True)
                 with _process_lock(self.root):
                     if self.root.is_dir():
-                        self._recover()
+                        try:
+                            self._recover()
+                        except OSError as e:  # a read-only registry: read it as it is
+                            _log.warning("cannot tidy the registry %s: %s", self.root, e)
                     yield
             finally:
                 lock.depth -= 1
@@ -299,6 +302,7 @@ class TaskRegistry:
             target = self._folder(name)  # again: no link planted since
             staged = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}.new-"))
             try:
+                staged.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide it from other users
                 for f in TASK_FILES:
                     _copy_regular(run_dir / f, staged / f)
                 _, record = check_run(staged, shown=run_dir)  # the copy is what gets served
@@ -465,6 +469,12 @@ def _process_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_unsafe_pickle(error: BaseException) -> bool:
