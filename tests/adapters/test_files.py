@@ -245,3 +245,84 @@ def test_head_batchnorm_counter_stays_an_integer_tensor(tmp_path):
     """The one integer tensor a file may hold (BatchNorm's counter) still loads."""
     directory, backbone = _saved(tmp_path, "linear", head_batchnorm=True)
     af.load_adapter(_fresh(backbone), directory)
+
+
+# -- issue #24 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["weights", "scale", "lora_alpha"])
+def test_overflowing_magnitudes_are_refused_at_load(tmp_path, where):
+    """Finite weights of 1e38 (or a scale of 1e38) turned every answer into inf (item 15)."""
+    from safetensors.torch import save_file
+
+    method = "lora" if where == "lora_alpha" else "adaptformer"
+    directory, backbone = _saved(tmp_path, method)
+    if where == "weights":
+        path = directory / "adapter_model.safetensors"
+        tensors = load_file(path)
+        key = next(k for k in tensors if "up_proj.weight" in k)
+        tensors[key] = tensors[key] * 1e38
+        save_file(tensors, str(path), {"format": "adaptformer-adapter/1"})
+    else:
+        _edit_config(directory, lambda i: {**i, "config": {**i["config"], where: 1e38}})
+    _refused(directory, backbone, "above 10000 in magnitude")
+
+
+def test_real_magnitudes_stay_far_below_the_bound(tmp_path):
+    from adaptformer.adapters.files import MAX_ABS_WEIGHT
+
+    model, _ = _trained()
+    largest = max(p.abs().max().item() for p in af.adapter_parameters(model, "cifar").values())
+    assert largest * 1000 < MAX_ABS_WEIGHT
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"scale": 5.0}, {"position": "sequential"}, {"activation": "gelu"}, {"method": "lora"}],
+)
+def test_loading_into_an_existing_name_never_keeps_the_old_config(tmp_path, other):
+    """load_adapter copied the tensors into an existing task and kept its config (item 19)."""
+    model, backbone = _trained()
+    af.save_adapter(model, tmp_path / "a")
+    method = other.get("method", "adaptformer")
+    cfg = {k: v for k, v in other.items() if k != "method"}
+    fresh = _fresh(backbone)
+    af.inject(fresh, af.AdapterConfig(method=method, bottleneck=4, **cfg), "cifar", num_classes=5)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    try:
+        af.load_adapter(fresh, tmp_path / "a", name="cifar")
+    except ValueError as e:  # refused: the model is as it was
+        assert "exists with another config" in str(e) and "\n" not in str(e)
+        after = fresh.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        return
+    with torch.no_grad():  # replaced: it answers as the saved task does
+        torch.testing.assert_close(fresh(X), model(X))
+
+
+def test_loading_the_same_config_into_an_existing_name_copies_the_weights(tmp_path):
+    model, backbone = _trained()
+    af.save_adapter(model, tmp_path / "a")
+    fresh = _fresh(backbone)
+    af.inject(fresh, af.AdapterConfig(bottleneck=4), "cifar", num_classes=5)
+    af.load_adapter(fresh, tmp_path / "a", name="cifar")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(X), model(X))
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_a_backbone_changing_task_is_not_loaded_beside_other_tasks(tmp_path, method):
+    """Its backbone tensors would be copied over the backbone the other tasks share (item 4)."""
+    model, backbone = _trained(method)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.bias.add_(0.5)
+    af.save_adapter(model, tmp_path / "a")
+    fresh = _fresh(backbone)
+    af.inject(fresh, af.AdapterConfig(bottleneck=4), name="other", num_classes=3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="changes the backbone") as err:
+        af.load_adapter(fresh, tmp_path / "a", name="cifar")
+    assert "\n" not in str(err.value) and "other" in str(err.value)
+    after = fresh.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

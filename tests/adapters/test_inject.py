@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 import adaptformer as af
-from adaptformer.adapters.inject import AdaptedBlock
+from adaptformer.adapters.inject import AdaptedBlock, adapter_state
 
 from ..helpers import randomize_, tiny_vit
 
@@ -183,3 +183,69 @@ def test_blocks_are_wrapped_not_subclassed():
     af.inject(model)
     assert all(isinstance(b, AdaptedBlock) for b in model.blocks)
     assert not isinstance(model.blocks[0], Block)
+
+
+# -- item 20 of issue #24: inject is all-or-nothing -------------------------------------------
+
+
+def _snapshot(model):
+    """Everything inject may change: module tree, tensors, bookkeeping, the head."""
+    return (
+        repr(model),
+        {k: v.clone() for k, v in model.state_dict().items()},
+        hasattr(model, "adaptformer"),
+        model.head,
+        [type(b) for b in model.blocks],
+    )
+
+
+def _same(a, b):
+    assert a[0] == b[0] and a[2:] == b[2:]
+    assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+class _OddAttention(torch.nn.Module):
+    """An attention without a fused qkv Linear: LoRA cannot adapt it."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.inner = attn
+
+    def forward(self, x, **kwargs):
+        return self.inner(x, **kwargs)
+
+
+@pytest.mark.parametrize("first", [None, "adaptformer"])
+@pytest.mark.parametrize(
+    "failure", ["layers", "lora_part_way", "raise_in_module"]
+)
+def test_a_failing_inject_leaves_the_model_exactly_as_before(monkeypatch, first, failure):
+    model = tiny_vit()
+    if first:
+        af.inject(model, af.AdapterConfig(bottleneck=4), name="first", num_classes=3)
+    if failure == "lora_part_way":
+        model.blocks[2].attn = _OddAttention(model.blocks[2].attn)
+    before = _snapshot(model)
+    config = af.AdapterConfig(method="lora", bottleneck=2)
+    if failure == "layers":
+        config = af.AdapterConfig(bottleneck=4, layers=[1, 9])
+    elif failure == "raise_in_module":
+        from adaptformer.adapters import inject as inject_module
+
+        made = []
+
+        def failing(*args, **kwargs):
+            made.append(1)
+            if len(made) == 3:
+                raise RuntimeError("out of memory")
+            return real(*args, **kwargs)
+
+        real = inject_module.AdaptMLP
+        monkeypatch.setattr(inject_module, "AdaptMLP", failing)
+        config = af.AdapterConfig(bottleneck=4)
+    with pytest.raises((ValueError, TypeError, RuntimeError)):
+        af.inject(model, config, name="new", num_classes=5)
+    _same(_snapshot(model), before)
+    if first:
+        assert adapter_state(model).active == "first"
+        assert "new" not in adapter_state(model).configs

@@ -121,3 +121,66 @@ def test_foreign_backbone_and_remove(trained, capsys):
     assert "no tasks" in out
     code, _, err = cli(capsys, "predict", "--tasks", "a", "--registry", reg, "x.png")
     assert code == 2 and "is empty" in err
+
+
+def _edited_run(root, run, name, edit):
+    """A copy of ``run`` whose tensors ``edit`` changed (the file stays a valid safetensors)."""
+    from safetensors.torch import load_file, save_file
+
+    copy = root / name
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
+    weights = copy / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    edit(tensors)
+    save_file(tensors, str(weights), {"format": "adaptformer-adapter/1"})
+    return copy
+
+
+def _drop_one(tensors):
+    del tensors[next(k for k in sorted(tensors) if "adaptmlp" in k)]
+
+
+def _add_one(tensors):
+    tensors["blocks.0.adaptmlp.extra.weight"] = tensors["head.bias"].clone()
+
+
+def _int_head(tensors):
+    tensors["head.bias"] = tensors["head.bias"].round().long()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_drop_one, "missing from file"),
+        (_add_one, "not in model.*extra"),
+        (_int_head, "wrong kind of number.*head.bias"),
+    ],
+)
+def test_tasks_add_checks_what_loading_checks(trained, capsys, edit, match):
+    """`tasks add` accepted adapters that cannot load, and `serve` then refused the registry."""
+    import re
+
+    root, _, runs = trained
+    reg = root / f"registry_{edit.__name__}"
+    assert cli(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", str(reg))[0] == 0
+    index = (reg / "registry.json").read_bytes()
+    bad = _edited_run(root, runs["a"], f"bad{edit.__name__}", edit)
+    code, out, err = cli(capsys, "tasks", "add", "bad", str(bad), "--registry", str(reg))
+    assert code == 2 and re.search(match, err) and len(err.strip().splitlines()) == 1
+    assert (reg / "registry.json").read_bytes() == index and not (reg / "bad").exists()
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
+    assert [t["name"] for t in json.loads(out)["tasks"]] == ["a"]
+
+
+def test_tasks_list_shows_a_broken_task_instead_of_failing(trained, capsys):
+    root, _, runs = trained
+    reg = root / "registry_broken"
+    for name, run in runs.items():
+        assert cli(capsys, "tasks", "add", name, str(run), "--registry", str(reg))[0] == 0
+    (reg / "a" / "adapter_config.json").write_text("{")
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg))
+    assert code == 0 and "BROKEN" in out and "not valid JSON" in out and "lora" in out
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
+    rows = {t["name"]: t for t in json.loads(out)["tasks"]}
+    assert rows["a"]["problem"] and not rows["b"]["problem"]

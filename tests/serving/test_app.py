@@ -4,7 +4,6 @@ bad input is a 4xx JSON error and the server keeps serving, hot task changes, ov
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import threading
 from pathlib import Path
@@ -52,7 +51,9 @@ def probs_of(answer: dict) -> torch.Tensor:
 
 
 def version_of(run: Path) -> str:
-    return hashlib.sha256((run / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+    from adaptformer.serving.store import task_digest
+
+    return task_digest(run)[:12]
 
 
 def test_predict_equals_offline_forward_tasks(registry, task_runs):

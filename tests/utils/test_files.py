@@ -161,3 +161,89 @@ def test_a_5000_digit_number_is_one_line(tmp_path, suffix):
     with pytest.raises(ValueError, match=str(path)) as err:
         read(path, "x") if suffix == "json" else read(path)
     assert "\n" not in str(err.value)
+
+
+# -- item 9 of issue #24: only regular files of bounded size are opened -----------------------
+
+
+def _non_regular(tmp_path, kind):
+    import os
+
+    path = tmp_path / "adapter_model.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:  # a link to a device that never ends
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_non_regular_files_are_refused_before_opening(tmp_path, kind):
+    """A FIFO as adapter_model.safetensors hung PUT (read_bytes() blocked on it)."""
+    from adaptformer.utils.files import read_regular_bytes, regular_file_size
+
+    path = _non_regular(tmp_path, kind)
+    for call in (
+        lambda: regular_file_size(path, 1000, "an adapter file"),
+        lambda: read_regular_bytes(path, 1000, "an adapter file"),
+        lambda: safetensors_header(path),
+        lambda: read_safetensors(path),
+    ):
+        with pytest.raises(ValueError, match="not a regular file") as err:
+            call()
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_readers_refuse_non_regular_json_and_yaml(tmp_path):
+    import os
+
+    from adaptformer.utils.files import read_json, read_yaml_mapping
+
+    os.mkfifo(tmp_path / "registry.json")
+    os.mkfifo(tmp_path / "config.yaml")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_json(tmp_path / "registry.json", "a registry")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_yaml_mapping(tmp_path / "config.yaml")
+
+
+def test_files_over_the_size_bound_are_refused_unread(tmp_path):
+    from adaptformer.utils.files import read_regular_bytes, regular_file_size
+
+    path = tmp_path / "big.json"
+    path.write_bytes(b"x" * 2001)
+    with pytest.raises(ValueError, match=r"2,001 bytes.*at most 2,000"):
+        regular_file_size(path, 2000, "a registry")
+    with pytest.raises(ValueError, match=r"at most 2,000"):
+        read_regular_bytes(path, 2000, "a registry")
+    assert read_regular_bytes(path, 5000, "a registry") == b"x" * 2001
+    with pytest.raises(FileNotFoundError):
+        regular_file_size(tmp_path / "missing", 10, "a registry")
+
+
+def test_a_fifo_checkpoint_is_refused_without_hanging(tmp_path):
+    import os
+    import threading
+
+    from adaptformer.training.run_folder import read_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    os.mkfifo(path)
+    errors = []
+
+    def read():
+        try:
+            read_checkpoint(path)
+        except ValueError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        with open(path, "wb"):
+            pass
+        pytest.fail("reading a FIFO checkpoint hung")
+    assert "not a regular file" in str(errors[0])

@@ -21,6 +21,7 @@ from ..utils.files import (
     TensorInfo,
     atomic_path,
     atomic_write_text,
+    first_line,
     is_count,
     read_json,
     read_safetensors,
@@ -42,6 +43,14 @@ from .trainable import fresh_parameters, shared_backbone_parameters
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "adaptformer-adapter/1"
+# The largest magnitude a task file's tensor may hold (issue #24, item 15). Trained adapters and
+# heads hold values well below 10 (they start at zero or at 1/sqrt(width)); one layer with
+# weights up to 1e4 on LayerNorm-ed features (|x| <= sqrt(width) * |gamma|, about 3e3 for
+# width 8192 with gamma 32) gives |y| <= 8192 * 1e4 * 3e3 + 1e4, about 2.5e11, so a head or one
+# adapter cannot leave float32's range (3.4e38), and 1e4 leaves three orders of headroom over
+# real files. Values like the 1e38 of a tampered file are refused at load instead of turning
+# answers into inf.
+MAX_ABS_WEIGHT = 1e4
 
 
 def _backbone_info(model: nn.Module) -> dict[str, Any]:
@@ -186,20 +195,59 @@ def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str,
     config = AdapterConfig.from_dict(info["config"])
     path = Path(directory) / WEIGHTS_NAME
     header = safetensors_header(path)
-    problems = _size_problems(config, info["num_classes"], header)
+    problems = _size_problems(config, info["num_classes"], header) + _config_too_large(config)
     bad_dtype = sorted(k for k, t in header.items() if t.dtype not in FLOAT_DTYPES | {"I64"})
     if bad_dtype:
         problems.append(f"not floating point: {', '.join(bad_dtype)}")
     if problems:
         raise ValueError(f"adapter in {directory} is inconsistent: " + "; ".join(problems))
     tensors = read_safetensors(path)
-    problems = _not_finite(tensors)
+    problems = _not_finite(tensors) + _too_large(tensors)
     if problems:
         raise ValueError(
             f"adapter in {directory} {problems[0]}; it is damaged, or its training diverged: "
             "train it again"
         )
     return info, tensors
+
+
+def loadable_problems(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """What :func:`load_adapter` would refuse in these (checked) files, found without the
+    backbone: the config is injected into a stand-in ViT of the width, depth and prefix tokens
+    the file records, built on the ``meta`` device (no memory, no weights), and the file's
+    tensors are compared with what it expects: missing and extra keys, shapes, integer vs.
+    float. ``backbone.*`` tensors (parameters the checkpoint lacked, e.g. a video time
+    embedding) depend on the real backbone and are compared when the task is loaded.
+    """
+    recorded = info.get("backbone", {})
+    dims = {k: recorded.get(k) for k in ("embed_dim", "depth", "num_prefix_tokens")}
+    bad = [k for k in ("embed_dim", "depth") if not is_count(dims[k]) or not 0 < dims[k] <= 16384]
+    if bad or not is_count(dims["num_prefix_tokens"]) or dims["num_prefix_tokens"] > 64:
+        return [f"its backbone record {dims} is not a width, depth and prefix-token count"]
+    config = AdapterConfig.from_dict(info["config"])
+    try:
+        expected = _stand_in_tensors(config, info["num_classes"], **dims)
+    except Exception as e:
+        return [f"its config does not fit its backbone record ({first_line(e)})"]
+    own = {k: t for k, t in tensors.items() if not k.startswith("backbone.")}
+    return _mismatches(own, expected)
+
+
+def _stand_in_tensors(
+    config: AdapterConfig, num_classes: int, embed_dim: int, depth: int, num_prefix_tokens: int
+) -> dict[str, torch.Tensor]:
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(
+            img_size=16, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=1,
+            mlp_ratio=1.0, num_classes=0, class_token=num_prefix_tokens > 0,
+            reg_tokens=max(num_prefix_tokens - 1, 0), no_embed_class=True,
+            global_pool="token" if num_prefix_tokens > 0 else "avg",
+        )  # fmt: skip
+        inject(model, config, name="t", num_classes=num_classes)
+        expected = adapter_tensors(model, "t")
+    return {k: t for k, t in expected.items() if not k.startswith("backbone.")}
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
@@ -213,6 +261,29 @@ def _not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
         k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()
     )
     return [f"holds NaN or infinite values in {', '.join(bad[:10])}"] if bad else []
+
+
+def _config_too_large(config: AdapterConfig) -> list[str]:
+    """The config's own multipliers (a fixed adapter scale, LoRA's alpha / r) are weights too."""
+    factors = {"lora_alpha / bottleneck": config.lora_alpha / max(config.bottleneck, 1)}
+    if is_finite_number(config.scale):
+        factors["scale"] = config.scale
+    return [
+        f"{k} {abs(v):g} is above {MAX_ABS_WEIGHT:g} in magnitude"
+        for k, v in factors.items()
+        if abs(v) > MAX_ABS_WEIGHT
+    ]
+
+
+def _too_large(tensors: dict[str, torch.Tensor]) -> list[str]:
+    bad = sorted(
+        k
+        for k, t in tensors.items()
+        if t.is_floating_point() and t.numel() and t.detach().abs().max().item() > MAX_ABS_WEIGHT
+    )
+    if not bad:
+        return []
+    return [f"holds values above {MAX_ABS_WEIGHT:g} in magnitude in {', '.join(bad[:10])}"]
 
 
 def _size_problems(
@@ -258,6 +329,9 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     config = AdapterConfig.from_dict(info["config"])
     existing = getattr(model, "adaptformer", None)
     injected = existing is None or name not in existing.configs
+    if not injected:
+        _refuse_other_config(existing.configs[name], config, name, directory)
+    _refuse_shared_backbone_change(existing, config, name, directory)
     head_before, active_before = model.head, existing.active if existing else None
     if injected:
         inject(model, config, name=name, num_classes=info["num_classes"])
@@ -283,6 +357,36 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         for k, t in expected.items():
             t.copy_(tensors[k])
     return model
+
+
+def _refuse_shared_backbone_change(
+    existing: Any, config: AdapterConfig, name: str, directory: str | Path
+) -> None:
+    """A ``full``/``bitfit`` task carries backbone tensors; copying them into a model that
+    holds other tasks would change the backbone those tasks share (and their answers)."""
+    others = sorted(set(existing.configs) - {name}) if existing is not None else []
+    if method_rule(config.method).trains_backbone and others:
+        raise ValueError(
+            f"adapter in {directory} was trained with method {config.method}, which changes the "
+            f"backbone's own weights, so it cannot be loaded beside the tasks {others[:5]} that "
+            "share this backbone: load it into a model of its own"
+        )
+
+
+def _refuse_other_config(
+    present: AdapterConfig, wanted: AdapterConfig, name: str, directory: str | Path
+) -> None:
+    """Loading into an existing task copies tensors only: its config (scale, LoRA scaling,
+    position, activation, ...) would stay the old one and the task would answer neither as
+    before nor as the file says, so another config is refused before anything changes."""
+    old, new = present.to_dict(), wanted.to_dict()
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise ValueError(
+            f"adapter {name!r} exists with another config than the one in {directory} "
+            f"({', '.join(f'{k}: {old.get(k)!r} vs {new.get(k)!r}' for k in differ[:4])}); "
+            f"delete_adapter(model, {name!r}) first or load it under another name"
+        )
 
 
 def _mismatches(

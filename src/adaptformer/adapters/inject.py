@@ -239,13 +239,35 @@ def inject(
     for i, block in enumerate(blocks):
         _check_block(block, i)
     state = getattr(model, "adaptformer", None)
-    if not isinstance(state, AdapterState):
-        state = AdapterState()
-        model.adaptformer = state
-    if name in state.configs:
+    if isinstance(state, AdapterState) and name in state.configs:
         raise ValueError(f"an adapter named {name!r} exists already; delete_adapter() it first")
+    # Everything that can be refused is checked before the model changes...
+    layers = config.resolve_layers(len(blocks))
+    if config.method == "lora":
+        for i in layers:
+            if not isinstance(getattr(blocks[i].attn, "qkv", None), nn.Linear):
+                raise TypeError(f"block {i}'s attention has no fused `qkv` Linear for LoRA")
+    # ...and whatever still fails (memory, a layer's constructor) is undone: all or nothing.
+    undo = _Undo(model, blocks)
+    try:
+        _add_adapter(model, blocks, config, name, layers, num_classes)
+    except BaseException:
+        undo.restore(name)
+        raise
+    _log.info("injected %s adapter %r into %d blocks", config.method, name, len(layers))
+    return model
+
+
+def _add_adapter(
+    model: nn.Module,
+    blocks: nn.Module,
+    config: AdapterConfig,
+    name: str,
+    layers: list[int],
+    num_classes: int | None,
+) -> None:
+    """The changes :func:`inject` makes, after its checks passed."""
     depth = len(blocks)
-    layers = config.resolve_layers(depth)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     dim = _head_dim(model)
     for i in range(depth):
@@ -269,12 +291,13 @@ def inject(
     elif config.method == "lora":
         for i in layers:
             attn = blocks[i].attn
-            if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-                raise TypeError(f"block {i}'s attention has no fused `qkv` Linear for LoRA")
             if not isinstance(attn.qkv, LoRALinear):
                 attn.qkv = LoRALinear(attn.qkv)
             attn.qkv.add(name, config.bottleneck, config.lora_alpha)
 
+    state = getattr(model, "adaptformer", None)
+    if not isinstance(state, AdapterState):
+        state = AdapterState()
     head_needed = num_classes is not None or config.head_batchnorm or state.configs
     if head_needed:
         classes = _head_classes(model.head) if num_classes is None else num_classes
@@ -285,12 +308,62 @@ def inject(
         _park_active_head(model, state)
     model.head = new_head
     model.train(model.training)  # new modules start in train mode; follow the model's mode
+    model.adaptformer = state
     state.configs[name] = config
     state.num_classes[name] = _head_classes(new_head)
     state.active = name
     _set_active(model, name)
-    _log.info("injected %s adapter %r into %d blocks", config.method, name, len(layers))
-    return model
+
+
+class _Undo:
+    """What :func:`inject` may change, recorded before it starts, to put back if it fails."""
+
+    def __init__(self, model: nn.Module, blocks: nn.Module) -> None:
+        self.model, self.blocks = model, blocks
+        self.block_list = list(blocks)
+        self.qkv = [(b.attn, b.attn.qkv) for b in blocks if hasattr(b.attn, "qkv")]
+        self.head = model.head
+        self.had_task_heads = "task_heads" in model._modules
+        self.task_heads = dict(model.task_heads) if self.had_task_heads else {}
+        self.state = model.__dict__.get("adaptformer")
+        self.bookkeeping = (
+            (dict(self.state.configs), dict(self.state.num_classes), self.state.active)
+            if isinstance(self.state, AdapterState)
+            else None
+        )
+        self.active = [(m, m.active_adapter) for m in _adapted_modules(model)]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.num_classes = model.__dict__.get("num_classes")
+
+    def restore(self, name: str) -> None:
+        model = self.model
+        for m in _adapted_modules(model):
+            m.remove(name)
+        for attn, qkv in self.qkv:
+            if attn.qkv is not qkv:
+                attn.qkv = qkv
+        for i, block in enumerate(self.block_list):
+            if self.blocks[i] is not block:
+                self.blocks[i] = block
+        model.head = self.head
+        if self.had_task_heads:
+            for key in [k for k in model.task_heads if k not in self.task_heads]:
+                del model.task_heads[key]
+        elif "task_heads" in model._modules:
+            del model.task_heads
+        if self.bookkeeping is None:
+            model.__dict__.pop("adaptformer", None)
+        else:
+            configs, num_classes, active = self.bookkeeping
+            model.adaptformer = self.state
+            self.state.configs, self.state.num_classes = configs, num_classes
+            self.state.active = active
+        for m, active in self.active:
+            m.active_adapter = active
+        for m, mode in self.modes:
+            m.training = mode
+        if self.num_classes is not None:
+            model.num_classes = self.num_classes
 
 
 def _park_active_head(model: nn.Module, state: AdapterState) -> None:

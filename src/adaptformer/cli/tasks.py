@@ -66,4 +66,7 @@ def _print_list(reg, as_json: bool) -> None:
     )
     print(f"{'task':<20} {'method':<12} {'classes':>7} {'bytes':>12}  source")
     for t in tasks:
+        if t.problem:  # listed, not hidden: `serve` skips it until it is replaced
+            print(f"{t.name:<20} BROKEN: {t.problem}")
+            continue
         print(f"{t.name:<20} {t.method:<12} {t.num_classes:>7} {t.bytes:>12,}  {t.source}")

@@ -267,6 +267,8 @@ class Service:
                 "tasks": len(self.catalog.list()),
                 "queue": self.batcher.depth(),
                 "preparing": self.preparing,
+                # registry tasks not loaded at start-up (broken files) -> why
+                **({"skipped": self.catalog.skipped} if self.catalog.skipped else {}),
             },
             status_code=503 if self.draining else 200,
         )

@@ -7,13 +7,18 @@ only changes which version NEW requests get, and the old adapter is deleted from
 its last queued row is done. So no request in flight is dropped or answered by a half-swapped
 task.
 
-A version is the first 12 hex digits of the sha256 of the task's ``adapter_model.safetensors``:
-replicas that read the same shared registry report the same version for the same file.
+A version is the first 12 hex digits of the sha256 over every file of the task
+(``adapter_config.json`` too: its scale, class names and layers change answers as much as the
+weights do): replicas that read the same shared registry report the same version for the same
+files.
+
+A task whose method trains the backbone (``full``, ``bitfit``) is refused before anything is
+loaded: its file carries backbone tensors, and loading them would change the backbone every
+other task shares.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import threading
@@ -26,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.files import WEIGHTS_NAME, load_adapter, read_adapter_config
+from ..adapters.files import load_adapter
 from ..adapters.inject import delete_adapter
 from .batcher import Row
-from .store import TaskRegistry, class_names
+from .store import TaskRegistry, class_names, refuse_backbone_methods, task_digest
 
 _log = logging.getLogger(__name__)
 ALL = "all"  # the request keyword for every served task
@@ -105,6 +110,8 @@ class Catalog:
         self._current: dict[str, TaskVersion] = {}
         self._by_adapter: dict[str, TaskVersion] = {}
         self._seq = itertools.count(1)
+        # Registry tasks that could not be loaded at start-up -> why (``/healthz`` shows them).
+        self.skipped: dict[str, str] = {}
 
     @classmethod
     def from_registry(
@@ -113,12 +120,22 @@ class Catalog:
         names: Sequence[str] | None = None,
         device: torch.device | None = None,
     ) -> Catalog:
-        """Build the registry's backbone (its fingerprint checked) and load ``names`` (all)."""
+        """Build the registry's backbone (its fingerprint checked) and load ``names`` (all).
+
+        A task whose files cannot be loaded is skipped with one warning line and listed in
+        :attr:`skipped`, so one broken task does not take every other one offline; a name
+        that is not in the registry is still an error.
+        """
         device = device or torch.device("cpu")
         model = registry.build_model(names=[], device=device)  # checks the backbone's sha256
         catalog = cls(registry, model, device)
         for name in registry.names() if names is None else names:
-            catalog.put(name)
+            try:
+                catalog.put(name)
+            except (ValueError, OSError) as e:
+                reason = " ".join(str(e).split())
+                _log.warning("skipping task %r: %s", name, reason)
+                catalog.skipped[name] = reason
         return catalog
 
     # -- reading ----------------------------------------------------------------------------------
@@ -177,47 +194,71 @@ class Catalog:
             ValueError, FileNotFoundError: the task files cannot be used.
             UnknownTask: no run given and the registry has no task ``name``.
         """
-        if run is not None:
-            folder, source = Path(run), str(Path(run).resolve())
-        else:
-            try:
-                folder = self.registry.path(name)
-            except KeyError as err:
-                raise UnknownTask(str(err.args[0])) from err
-            source = str(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is not a folder with adapter files")
-        version = self._load(name, folder, source)
-        if run is not None:
-            try:
-                self.registry.add(name, folder, replace=True)  # its checks are the registry's
-            except BaseException:
-                self._delete(version)
-                raise
-        with self._lock:
-            old = self._current.get(name)
-            self._current[name] = version
-            self._by_adapter[version.adapter] = version
+        with self.registry.locked():  # PUTs and DELETEs of one name commit and switch in order
+            if run is not None:
+                version = self._put_run(name, Path(run))
+            else:
+                try:
+                    folder = self.registry.path(name)
+                except KeyError as err:
+                    raise UnknownTask(str(err.args[0])) from err
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"{folder} is not a folder with adapter files")
+                version = self._load(name, folder, str(folder))
+            with self._lock:
+                old = self._current.get(name)
+                self._current[name] = version
+                self._by_adapter[version.adapter] = version
+            self.skipped.pop(name, None)
         if old is not None:
             self._retire(old)
-        _log.info("serving task %r version %s from %s", name, version.version, source)
+        _log.info("serving task %r version %s from %s", name, version.version, version.source)
         return version
+
+    def _put_run(self, name: str, run: Path) -> TaskVersion:
+        """Register run folder ``run`` as ``name`` and load it: the registry checks the run
+        and stages a copy, the copy is loaded into the model, and only then is the registry
+        changed; any error unloads it again and leaves the registry as it was."""
+        if not run.is_dir():
+            raise FileNotFoundError(f"{run} is not a folder with adapter files")
+        loaded: list[TaskVersion] = []
+
+        def load(staged: Path) -> None:
+            loaded.append(self._load(name, staged, str(run.resolve())))
+
+        try:
+            self.registry.add(name, run, replace=True, check=load)  # its checks are the registry's
+        except BaseException:
+            for version in loaded:
+                self._delete(version)
+            raise
+        return loaded[0]
 
     def remove(self, name: str) -> TaskVersion:
         """Stop serving ``name`` (and drop it from the registry); queued rows still finish."""
-        with self._lock:
-            old = self._current.pop(name, None)
-        if old is None:
-            raise UnknownTask(f"no task {name!r} is served; have {[v.name for v in self.list()]}")
-        if name in self.registry.names():
-            self.registry.remove(name)
+        with self.registry.locked():
+            with self._lock:
+                old = self._current.pop(name, None)
+            if old is None:
+                raise UnknownTask(
+                    f"no task {name!r} is served; have {[v.name for v in self.list()]}"
+                )
+            try:
+                if name in self.registry.names():
+                    self.registry.remove(name)
+            except BaseException:  # the registry keeps it: so does the server
+                with self._lock:
+                    self._current[name] = old
+                raise
         self._retire(old)
         _log.info("stopped serving task %r (version %s)", name, old.version)
         return old
 
     # -- internals --------------------------------------------------------------------------------
     def _load(self, name: str, folder: Path, source: str) -> TaskVersion:
-        info = read_adapter_config(folder)
+        """Load ``folder`` into the model as a new adapter ``NAME@N`` (checked first: method,
+        backbone, files; the model is unchanged on any error)."""
+        info = refuse_backbone_methods(folder)  # before anything touches the shared model
         meta = info.get("metadata", {})
         found = meta.get("backbone_sha256")
         if found != self.backbone["backbone_sha256"]:
@@ -226,7 +267,7 @@ class Catalog:
                 f"server runs {self.backbone['model']} (sha256 "
                 f"{self.backbone['backbone_sha256'][:12]})"
             )
-        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()[:12]
+        digest = task_digest(folder)[:12]  # regular files only: a FIFO never blocks a PUT
         adapter = f"{name}@{next(self._seq)}"
         with self.model_lock:
             load_adapter(self.model, folder, name=adapter)  # checked; unchanged model on error

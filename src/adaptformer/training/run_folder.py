@@ -29,7 +29,7 @@ from torch import nn
 from ..adapters.files import check_tensors
 from ..adapters.trainable import backbone_fingerprint
 from ..utils.distributed import broadcast_object
-from ..utils.files import atomic_path, first_line
+from ..utils.files import MAX_TENSOR_BYTES, atomic_path, first_line, regular_file_size
 from .config import TrainConfig
 from .modality import modality_of
 
@@ -203,6 +203,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     ``weights_only=True`` unpickles only tensors and plain containers and refuses anything that
     would import or call code.
     """
+    regular_file_size(path, MAX_TENSOR_BYTES, "a training checkpoint")  # a FIFO never blocks it
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, truncated zip, ...: one line, nothing executed

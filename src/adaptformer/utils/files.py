@@ -13,12 +13,13 @@ import errno
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -35,6 +36,13 @@ _MAX_HEADER = 100_000_000
 # Deepest nesting of lists/mappings accepted in a JSON or YAML file we read. Ours nest at most 4
 # deep; the parsers recurse once per level, so '[' * 200000 would end in a RecursionError.
 MAX_NESTING = 64
+# Size bounds of the files read here, checked before they are opened (docs/security.md).
+# Text files (registry.json, adapter_config.json, config.yaml) are kilobytes; 16 MiB holds an
+# adapter_config.json with 100,000 class names.
+MAX_TEXT_BYTES = 16 * 2**20
+# Tensor files (adapters, checkpoint.pt, backbones): a full fine-tune of ViT-g with its Adam
+# state is about 18 GB; 64 GiB bounds them without refusing a real file.
+MAX_TENSOR_BYTES = 64 * 2**30
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,8 @@ def safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         ValueError: the file is empty, truncated or not a safetensors file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path, MAX_TENSOR_BYTES, "a .safetensors file") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise _damaged(path, f"{size} bytes, too short for a header")
@@ -129,8 +135,9 @@ def first_line(error: BaseException) -> str:
 def read_json(path: str | Path, what: str) -> Any:
     """A JSON file, with a one-line error naming it (and ``what`` it should be) if it is not."""
     path = Path(path)
+    raw = read_regular_bytes(path, MAX_TEXT_BYTES, what)  # a FIFO or a huge file: refused here
     try:
-        return loads_json(path.read_bytes(), "the file")
+        return loads_json(raw, "the file")
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); it should be {what}") from None
 
@@ -235,8 +242,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     (``yaml.safe_load``); anything else is one ``ValueError`` line naming the file."""
     import yaml
 
+    raw = read_regular_bytes(path, MAX_TEXT_BYTES, "a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(raw.decode()) or {}
     except RecursionError:
         raise ValueError(f"config file {_too_deep(str(path))}: fix or replace it") from None
     except (yaml.YAMLError, ValueError) as e:  # ValueError: bad UTF-8, an int of 5,000 digits
@@ -249,4 +257,76 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ValueError(f"config file {e}: fix or replace it") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
+    return data
+
+
+def regular_file_size(path: str | Path, limit: int, what: str) -> int:
+    """The size of ``path`` if it is a regular file (links followed) of at most ``limit`` bytes.
+
+    Checked before a file is opened: opening a FIFO blocks until someone writes to it, and a
+    device such as ``/dev/zero`` never ends, so a planted non-regular file would hang the
+    reader (issue #24, item 9).
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        ValueError: it is a folder, FIFO, socket or device, or larger than ``limit``.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist; it should be {what}") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror}); it should be {what}") from None
+    return _check_regular(path, info, limit, what)
+
+
+def _check_regular(path: Path, info: os.stat_result, limit: int, what: str) -> int:
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(
+            f"{path} is not a regular file (it is a {_file_kind(info.st_mode)}); it should be "
+            f"{what}: replace it with a real file"
+        )
+    if info.st_size > limit:
+        raise ValueError(
+            f"{path} holds {info.st_size:,} bytes; {what} may hold at most {limit:,}: it is not "
+            "one, replace it"
+        )
+    return info.st_size
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+@contextlib.contextmanager
+def open_regular(path: str | Path, limit: int, what: str) -> Iterator[IO[bytes]]:
+    """``path`` opened for binary reading after :func:`regular_file_size` accepted it.
+
+    The open itself does not block (``O_NONBLOCK``) and the opened file is checked again, so a
+    FIFO swapped in between the check and the open is refused instead of hanging the reader.
+    """
+    path = Path(path)
+    regular_file_size(path, limit, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _check_regular(path, os.fstat(fd), limit, what)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_regular_bytes(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (:func:`open_regular`);
+    a file that grows past ``limit`` while it is read is refused too."""
+    with open_regular(path, limit, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} holds more than {limit:,} bytes; {what} may hold at most that")
     return data
