@@ -82,17 +82,34 @@ def task_names(tasks: Any) -> list[str]:
 
 
 def parse_top_k(value: Any, default: int) -> int:
-    """``top_k`` from a form string or a JSON number: a whole number in 1..MAX_TOP_K."""
+    """``top_k`` from a form string or a JSON number: a whole number in 1..MAX_TOP_K.
+
+    A string is checked to be a few ASCII digits before ``int()`` sees it: ``int()`` raises on
+    5,000 digits (Python's conversion limit) and on digits such as ``"²"`` that ``isdigit``
+    accepts; the error quotes at most a short prefix of what was sent.
+    """
     if value is None or value == "":
         return default
-    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and value.strip().isdigit()
-    )
-    if not whole or not 1 <= int(value) <= MAX_TOP_K:
+    if isinstance(value, str):
+        text = value.strip()
+        whole = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_TOP_K))
+        number = int(text) if whole else 0
+    else:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        number = value if whole and 1 <= value <= MAX_TOP_K else 0
+    if not 1 <= number <= MAX_TOP_K:
         raise HTTPException(
-            422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {value!r}"
+            422, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {_shown(value)}"
         )
-    return int(value)
+    return number
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge int's repr itself can raise)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return "a number with more digits than any top_k"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def path_name(request: Request) -> str:
