@@ -150,7 +150,8 @@ def test_failing_callbacks_are_logged_and_the_model_thread_lives_on(model, caplo
     batcher.start()
     try:
         for _ in range(2):  # the second row is answered too: the thread survived the first
-            assert batcher.submit([(torch.randn(3, 32, 32), "a")])[0].result(timeout=60).shape == (3,)
+            row = batcher.submit([(torch.randn(3, 32, 32), "a")])[0]
+            assert row.result(timeout=60).shape == (3,)
     finally:
         batcher.stop()
     assert batcher.failure is None

@@ -32,7 +32,9 @@ def test_task_names_from_a_name_a_list_or_commas():
             task_names(bad)
 
 
-@pytest.mark.parametrize("value", ["9" * 5000, "²", 10**5000], ids=["5000-digits", "superscript", "huge-int"])
+@pytest.mark.parametrize(
+    "value", ["9" * 5000, "²", 10**5000], ids=["5000-digits", "superscript", "huge-int"]
+)
 def test_huge_or_exotic_top_k_is_a_422_not_a_crash(value):
     with pytest.raises(HTTPException) as e:
         parse_top_k(value, default=5)

@@ -268,7 +268,9 @@ class Batcher:
         try:
             callback(arg)
         except Exception:
-            _log.exception("the batcher's callback %s failed", getattr(callback, "__name__", callback))
+            _log.exception(
+                "the batcher's callback %s failed", getattr(callback, "__name__", callback)
+            )
 
     def _run(self, rows: list[Row]) -> float:
         """One forward pass of rows whose futures are running; returns when its answers began
