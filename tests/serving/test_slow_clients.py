@@ -94,7 +94,7 @@ def test_slow_uploads_cannot_hold_every_slot_and_vanishing_ones_give_theirs_back
         )
         for sock in first + more:  # the clients give up: their slots come back
             sock.close()
-        until(lambda: health().status_code == 200, "the slots to come back")
+        until(lambda: health().json()["preparing"] == 0, "the slots to come back")
         assert health().json() == {"status": "ok", "tasks": 3, "queue": 0, "preparing": 0,
                                    "reading": 0}  # fmt: skip
         assert predict(http) == 200

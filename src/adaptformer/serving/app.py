@@ -198,10 +198,10 @@ class Service:
             answers = {v.name: _top(next(rows), v, top_k) for v in versions}
             failed += [f"{a['error']} (image {i})" for a in answers.values() if "error" in a]
             results.append({"image": i, "filename": name, "tasks": answers})
+        total = len(images) * len(versions)
         if failed:
-            _log.warning("%d of %d answers were not finite: %s", len(failed),
-                         len(images) * len(versions), failed[0])  # fmt: skip
-        if len(failed) == len(images) * len(versions):  # nothing to answer with
+            _log.warning("%d of %d answers were not finite: %s", len(failed), total, failed[0])
+        if len(failed) == total:  # nothing to answer with
             return error_response(500, failed[0])
         for v in versions:
             self.metrics.rows.labels(v.name).inc(len(images))
