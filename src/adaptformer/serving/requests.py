@@ -74,12 +74,16 @@ class BodyLimit:
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        too_long = declared is not None and declared.isdigit() and len(declared) > 18
+        if too_long or (declared is not None and declared.isdigit() and int(declared) > self.limit):
             await error_response(413, str(TooLarge(self.limit).detail), CLOSE)(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
         began, seen = loop.time(), 0
         complete = b"transfer-encoding" not in headers and declared in (None, b"0")  # no body
+
+        def late() -> TooSlow:
+            return TooSlow(seen, loop.time() - began, self.timeout, self.rate / 1024)
 
         async def bounded() -> Message:
             nonlocal seen, complete
@@ -87,12 +91,12 @@ class BodyLimit:
                 return await receive()
             earned = seen / self.rate if self.rate > 0 else 0.0
             left = began + self.timeout + earned - loop.time()
+            if left <= 0:
+                raise late()
             try:
-                if left <= 0:
-                    raise TimeoutError
                 message = await asyncio.wait_for(receive(), left)
-            except TimeoutError:
-                raise TooSlow(seen, loop.time() - began, self.timeout, self.rate / 1024) from None
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                raise late() from None
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise TooLarge(self.limit)
@@ -122,7 +126,7 @@ class HostCheck:
         self.any = "*" in hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.any or scope["type"] not in ("http", "websocket"):
+        if self.any or scope["type"] != "http":  # (no WebSocket routes: Starlette refuses them)
             await self.app(scope, receive, send)
             return
         raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
