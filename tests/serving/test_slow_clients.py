@@ -106,7 +106,7 @@ def test_slow_uploads_cannot_hold_every_slot_and_vanishing_ones_give_theirs_back
     assert "ERROR" not in log and "Traceback" not in log
 
 
-def test_a_body_below_the_minimum_rate_gets_408_and_its_slot_back(registry):
+def test_a_body_or_head_below_the_minimum_rate_gets_408_and_its_slot_back(registry):
     flags = ("--body-timeout", "1", "--min-upload-rate", "1")  # 1 s + 1 s per KiB received
     with running(registry.root, *flags) as server, client(server) as http:
         stalled = open_upload(server, "127.0.0.2")  # then nothing
@@ -132,6 +132,10 @@ def test_a_body_below_the_minimum_rate_gets_408_and_its_slot_back(registry):
         until(lambda: http.get("/healthz").json()["reading"] == 0, "the slots to come back")
         assert predict(http) == 200
         metrics = http.get("/metrics").text
+        port = urlsplit(server.url).port
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as head_only:
+            head_only.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no more
+            assert head_only.recv(1) == b""  # closed: headers have the same deadline
     assert 'adaptformer_requests_total{status="408"} 2.0' in metrics
     assert "Traceback" not in "".join(server.log)
 

@@ -496,7 +496,7 @@ def serve(
             app,
             host=config.host,
             port=config.port,
-            http=json_h11_protocol(),
+            http=json_h11_protocol(head_timeout=config.body_timeout),
             log_level="info",
             timeout_graceful_shutdown=None,  # wait for every request in flight
             lifespan="on",
@@ -504,13 +504,53 @@ def serve(
     ).run()
 
 
-def json_h11_protocol() -> type:
-    """uvicorn's h11 protocol, answering a request that does not parse as HTTP (a bad request
-    line, header or Content-Length) with the server's JSON error instead of plain text."""
+def json_h11_protocol(head_timeout: float = math.inf) -> type:
+    """uvicorn's h11 protocol, with two changes for hostile clients:
+
+    - a request that does not parse as HTTP (a bad request line, header or Content-Length) is
+      answered with the server's JSON error instead of plain text;
+    - a request head (request line and headers) must arrive within ``head_timeout`` seconds
+      of the connection or of the previous answer, else the connection is closed: uvicorn has
+      no such limit, so a client sending headers a byte at a time would hold its connection
+      for ever (the body has its own deadline, :class:`~.requests.BodyLimit`).
+    """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class JsonH11Protocol(H11Protocol):
+    class Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._head_timer is None:
+                self._arm_head_timer()
+            super().data_received(data)
+
+        def _arm_head_timer(self) -> None:
+            if math.isfinite(head_timeout):
+                waiting = self.cycle  # a new request head replaces it
+                self._head_timer = self.loop.call_later(head_timeout, self._head_late, waiting)
+
+        def _head_late(self, waiting: object) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is waiting:  # no request head came in time
+                _log.info("closed a connection whose request head did not arrive within "
+                          "--body-timeout %g s", head_timeout)  # fmt: skip
+                self.transport.close()
+            elif self.cycle.response_complete:  # answered since: time the next head
+                self._arm_head_timer()
+
         def send_400_response(self, msg: str) -> None:
             body = json.dumps(
                 {"error": f"invalid HTTP request: {msg.rstrip('.')}", "status": 400}
@@ -528,4 +568,4 @@ def json_h11_protocol() -> type:
                 self.transport.write(self.conn.send(event))
             self.transport.close()
 
-    return JsonH11Protocol
+    return Protocol

@@ -45,7 +45,8 @@ class ServeConfig:
     body_timeout: float = _f(
         20.0,
         "seconds a request body may take to arrive, plus the time its bytes earn at "
-        "--min-upload-rate (408 beyond it, and the request's slot is free again)",
+        "--min-upload-rate (408 beyond it, and the request's slot is free again); also the time "
+        "a request's headers may take (the connection is closed beyond it)",
     )
     min_upload_rate: float = _f(
         32.0,
