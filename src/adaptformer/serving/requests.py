@@ -94,7 +94,8 @@ class BodyLimit:
             if left <= 0:
                 raise late()
             try:
-                message = await asyncio.wait_for(receive(), left)
+                waiting = receive()
+                message = await (asyncio.wait_for(waiting, left) if left < math.inf else waiting)
             except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise late() from None
             seen += len(message.get("body", b""))
