@@ -87,6 +87,7 @@ def test_slow_uploads_cannot_hold_every_slot_and_vanishing_ones_give_theirs_back
         assert predict(http) == 200  # another address is served while the two stay open
         more = [open_upload(server, "127.0.0.3") for _ in range(2)]
         until(lambda: health().json()["reading"] == 4, "four uploads in progress")
+        assert "adaptformer_requests_reading 4.0" in http.get("/metrics").text
         saturated = health()
         assert saturated.status_code == 503 and saturated.json()["status"] == "saturated"
         assert (

@@ -91,6 +91,7 @@ class Service:
         self.draining = False
         self.metrics.tasks.set(len(catalog.list()))
         self.metrics.queue_depth.set_function(self.batcher.depth)
+        self.metrics.reading.set_function(lambda: self.reading)
 
     # -- predict ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
