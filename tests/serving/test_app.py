@@ -168,6 +168,22 @@ def bomb() -> bytes:
             "malformed JSON",
         ),
         ({"json": {"images": ["***"]}}, 422, "image 0 is not valid base64"),
+        (
+            {
+                "content": b'{"top_k": ' + b"9" * 5000 + b', "images": []}',
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "a number of 5,000 digits is too long",
+        ),
+        (
+            {
+                "content": b'{"images": ' + b"[" * 200_000,
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "nested too deeply",
+        ),
         ({"json": {"images": "abc"}}, 422, '"images"'),
         ({"json": {"images": [base64.b64encode(png()).decode()] * 5}}, 413, "at most 4"),
         ({"content": b"raw", "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),

@@ -52,6 +52,7 @@ from .requests import (
     error_response,
     http_error,
     internal_error,
+    parse_json_body,
     parse_top_k,
     path_name,
     read_multipart,
@@ -231,10 +232,7 @@ class Service:
             finally:
                 await form.close()  # its spooled files
         elif kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as err:
-                raise HTTPException(400, f"malformed JSON body: {err}") from err
+            body = parse_json_body(await request.body())
             if not isinstance(body, dict) or not isinstance(body.get("images"), list):
                 raise HTTPException(
                     422, 'the JSON body must be an object with "images": [base64 strings]'
@@ -278,10 +276,7 @@ class Service:
         self._check_admin(request)
         name = path_name(request)
         raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as err:
-            raise HTTPException(400, f"malformed JSON body: {err}") from err
+        body = parse_json_body(raw) if raw.strip() else {}
         if not isinstance(body, dict) or set(body) - {"run"}:
             raise HTTPException(
                 422, 'the body is {"run": "RUN_DIR"} (a run folder to register and serve) or '

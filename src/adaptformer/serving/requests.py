@@ -7,6 +7,7 @@ untrusted request parts into checked values or a 4xx ``HTTPException`` naming th
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -203,6 +204,30 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def internal_error(request: Request, exc: Exception) -> Response:
     """The last resort (Starlette logs the traceback): a JSON 500, not a plain-text one."""
     return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+MAX_NUMBER_DIGITS = 100
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A JSON request body, or a 400 naming what is wrong with it.
+
+    Numbers longer than :data:`MAX_NUMBER_DIGITS` digits and nesting deeper than Python's
+    recursion limit are refused here, with a message of ours: ``json`` would raise advice about
+    ``sys.set_int_max_str_digits``, or a ``RecursionError`` (a 500).
+    """
+
+    def bounded_int(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+            raise ValueError(f"a number of {len(text.lstrip('-')):,} digits is too long")
+        return int(text)
+
+    try:
+        return json.loads(raw, parse_int=bounded_int)
+    except RecursionError:
+        raise HTTPException(400, "malformed JSON body: it is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HTTPException(400, f"malformed JSON body: {str(err)[:200]}") from err
 
 
 def task_names(tasks: Any) -> list[str]:
