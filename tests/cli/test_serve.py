@@ -15,7 +15,8 @@ def test_help_lists_the_batching_flags(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--registry", "--max-batch-size", "--max-wait-ms", "--max-queue",
-                 "--max-upload-mb", "--batching", "--admin-token-file"):  # fmt: skip
+                 "--max-upload-mb", "--batching", "--admin-token-file", "--body-timeout",
+                 "--min-upload-rate", "--max-uploads-per-client", "--allowed-hosts"):  # fmt: skip
         assert flag in out
 
 
@@ -41,6 +42,11 @@ def test_without_the_extra_it_says_how_to_install_it(monkeypatch, capsys, tmp_pa
         (["--max-wait-ms", "-1"], "--max-wait-ms -1.0"),
         (["--max-upload-mb", "0"], "--max-upload-mb 0.0"),
         (["--port", "70000"], "--port 70000"),
+        (["--body-timeout", "0"], "--body-timeout 0.0"),
+        (["--body-timeout", "inf"], "--body-timeout inf"),
+        (["--min-upload-rate", "-1"], "--min-upload-rate -1.0"),
+        (["--max-uploads-per-client", "-1"], "--max-uploads-per-client -1"),
+        (["--allowed-hosts", "a.example,,b"], "--allowed-hosts 'a.example,,b'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(capsys, tmp_path, flags, words):

@@ -30,7 +30,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def client_for(registry: af.TaskRegistry, **settings) -> TestClient:
     catalog = Catalog.from_registry(registry)
-    return TestClient(create_app(catalog, ServeConfig(**settings), admin_token=TOKEN))
+    app = create_app(catalog, ServeConfig(**settings), admin_token=TOKEN)
+    return TestClient(app, base_url="http://localhost")  # a Host the default config accepts
 
 
 def offline_probs(registry: af.TaskRegistry, images: list[bytes], tasks: list[str]) -> torch.Tensor:
@@ -116,6 +117,7 @@ def test_tasks_health_metrics_and_page(registry, task_runs):
             "tasks": 3,
             "queue": 0,
             "preparing": 0,
+            "reading": 0,
         }
         client.post("/v1/predict", files={"image": ("x.png", png())}, data={"tasks": "probe"})
         client.post("/v1/predict", json={"images": [], "tasks": "probe"})
@@ -127,6 +129,13 @@ def test_tasks_health_metrics_and_page(registry, task_runs):
     assert 'adaptformer_latency_seconds_count{task="probe"} 1.0' in text
     assert "adaptformer_batch_size_bucket" in text and "adaptformer_queue_depth 0.0" in text
     assert page.status_code == 200 and "/v1/predict" in page.text
+
+
+# a file part whose closing boundary (--x--) never comes: a truncated upload
+UNTERMINATED = (
+    b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n" + png()
+)
 
 
 def bomb() -> bytes:
@@ -160,10 +169,43 @@ def bomb() -> bytes:
             "malformed JSON",
         ),
         ({"json": {"images": ["***"]}}, 422, "image 0 is not valid base64"),
+        (
+            {
+                "content": b'{"top_k": ' + b"9" * 5000 + b', "images": []}',
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "a number of 5,000 digits is too long",
+        ),
+        (
+            {
+                "content": b'{"images": ' + b"[" * 200_000,
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "nested too deeply",
+        ),
         ({"json": {"images": "abc"}}, 422, '"images"'),
         ({"json": {"images": [base64.b64encode(png()).decode()] * 5}}, 413, "at most 4"),
         ({"content": b"raw", "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
         ({"data": {"tasks": "shapes"}}, 422, "no image"),
+        ({"files": {"image": ("a.png", png())}, "data": {"top_k": "9" * 5000}}, 422, "top_k"),
+        (
+            {
+                "content": UNTERMINATED,
+                "headers": {"content-type": "multipart/form-data; boundary=x"},
+            },
+            400,
+            "malformed multipart body",
+        ),
+        (
+            {
+                "content": b"--x\r\nno headers",
+                "headers": {"content-type": "multipart/form-data; boundary=x"},
+            },
+            400,
+            "malformed multipart body",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_json_error_and_serving_goes_on(registry, request_kwargs, status, words):
@@ -199,7 +241,8 @@ def test_task_changes_need_the_token(registry, task_runs):
         assert client.put("/v1/tasks/shapes", json=body, headers=bad).status_code == 401
         assert client.delete("/v1/tasks/shapes", headers=bad).status_code == 401
     catalog = Catalog.from_registry(registry)
-    with TestClient(create_app(catalog, admin_token=None)) as client:  # no token: disabled
+    app = create_app(catalog, admin_token=None)
+    with TestClient(app, base_url="http://localhost") as client:  # no token: disabled
         r = client.put("/v1/tasks/shapes", json=body, headers=AUTH)
         assert r.status_code == 403 and "ADAPTFORMER_ADMIN_TOKEN" in r.json()["error"]
     assert registry.list()[2].name == "shapes" and registry.metadata("shapes")  # unchanged
@@ -349,3 +392,143 @@ def test_overload_is_503_with_retry_after_and_stopping_answers_the_queue(registr
     assert sorted(answers["queued"].json()["results"][0]["tasks"]) == ["colours", "shapes"]
     assert answers["slow"].status_code == 503  # arrived after the stop: refused, not lost
     assert "shutting down" in answers["slow"].json()["error"]
+
+
+def overflow(client: TestClient, task: str) -> None:
+    """Make ``task``'s head weights so large its logits overflow to inf (softmax: nan), as a
+    task of finite but huge weights would once loaded."""
+    catalog = client.app.state.service.catalog
+    adapter = {v.name: v.adapter for v in catalog.list()}[task]
+    with torch.no_grad():
+        for p in af.get_head(catalog.model, adapter).parameters():
+            p.fill_(1e38)
+
+
+def test_one_tasks_non_finite_output_never_breaks_another_tasks_answer(registry):
+    one = {"files": {"image": ("a.png", png())}}
+    with client_for(registry) as client:
+        overflow(client, "probe")
+        r = client.post("/v1/predict", **one, data={"tasks": "all", "top_k": "2"})
+        assert r.status_code == 200, r.text
+        answers = r.json()["results"][0]["tasks"]
+        assert "non-finite" in answers["probe"]["error"] and "top" not in answers["probe"]
+        assert answers["probe"]["version"]
+        for name in ("colours", "shapes"):
+            assert len(answers[name]["top"]) == 2 and "error" not in answers[name]
+        alone = client.post("/v1/predict", **one, data={"tasks": "probe"})
+        assert alone.status_code == 500 and alone.headers["content-type"] == "application/json"
+        assert "task 'probe'" in alone.json()["error"] and "non-finite" in alone.json()["error"]
+        ok = client.post("/v1/predict", **one, data={"tasks": "shapes"})
+        assert ok.status_code == 200
+
+
+def test_task_listing_shows_server_paths_only_to_the_admin(registry, task_runs):
+    with client_for(registry) as client:
+        public = client.get("/v1/tasks").json()["tasks"]
+        admin = client.get("/v1/tasks", headers=AUTH).json()["tasks"]
+        wrong = client.get("/v1/tasks", headers={"Authorization": "Bearer nope"})
+    assert all("source" not in t for t in public) and str(registry.root) not in str(public)
+    assert {t["name"]: t["source"] for t in admin} == {n: str(registry.path(n)) for n in TASKS}
+    assert wrong.status_code == 200 and "source" not in wrong.json()["tasks"][0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "host", "ok"),
+    [
+        ({}, "localhost:8000", True),
+        ({}, "127.0.0.1", True),
+        ({}, "[::1]:8000", True),
+        ({}, "LOCALHOST", True),
+        ({}, "evil.example:8000", False),  # a DNS-rebinding page's host
+        ({}, "127.0.0.1.evil.example", False),
+        ({"host": "10.1.2.3"}, "10.1.2.3:8000", True),
+        ({"host": "10.1.2.3"}, "evil.example", False),
+        ({"allowed_hosts": "api.example.com,*.example.org"}, "api.example.com", True),
+        ({"allowed_hosts": "api.example.com,*.example.org"}, "a.example.org:443", True),
+        ({"allowed_hosts": "api.example.com,*.example.org"}, "localhost", False),
+        ({"host": "0.0.0.0"}, "any.example", True),  # every interface: any name, unless listed
+        ({"allowed_hosts": "*"}, "any.example", True),
+    ],
+)
+def test_host_header_is_checked_against_allowed_hosts(registry, settings, host, ok):
+    with client_for(registry, **settings) as client:
+        r = client.get("/v1/tasks", headers={"host": host})
+    if ok:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+        assert "--allowed-hosts" in r.json()["error"] and r.json()["status"] == 400
+
+
+def test_bad_allowed_hosts_setting_is_refused():
+    with pytest.raises(ValueError, match="--allowed-hosts"):
+        ServeConfig(allowed_hosts="a.example, ,")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nothere", 404), ("DELETE", "/v1/predict", 405)]
+)
+def test_routing_errors_are_json(registry, method, path, status):
+    with client_for(registry) as client:
+        r = client.request(method, path)
+    assert r.status_code == status and r.json()["status"] == status
+
+
+def test_a_dead_model_thread_turns_health_to_503_and_requests_get_503(registry, caplog):
+    with client_for(registry) as client:
+        service = client.app.state.service
+
+        def broken() -> int:
+            raise RuntimeError("a bug in the model thread")
+
+        service.batcher.coming = broken  # the thread calls it while collecting a batch
+        service.batcher.max_wait = 600.0
+        r = client.post("/v1/predict", files={"image": ("a.png", png())}, data={"tasks": "probe"})
+        assert r.status_code == 503 and "model thread stopped" in r.json()["error"]
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "failing"
+        assert "a bug in the model thread" in health.json()["reason"]
+        again = client.post("/v1/predict", files={"image": ("a.png", png())})
+        assert again.status_code == 503
+    assert sum("model thread stopped" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_client_gone_mid_upload_is_one_info_line_and_counted_as_499(registry, caplog):
+    """The client closes its connection while its body is being read: not an ERROR with a
+    traceback and a 500, but one INFO line and a 499 in the metrics."""
+    import asyncio
+
+    caplog.set_level("INFO")
+    with client_for(registry) as client:
+        app = client.app
+        head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        messages = [
+            {"type": "http.request", "body": head, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict",
+            "query_string": b"", "root_path": "", "client": ("10.9.8.7", 5555),
+            "server": ("localhost", 80),
+            "headers": [(b"host", b"localhost"),
+                        (b"content-type", b"multipart/form-data; boundary=x")],
+        }  # fmt: skip
+        asyncio.run(app(scope, receive, send))
+        text = client.get("/metrics").text
+        health = client.get("/healthz").json()
+    assert 'adaptformer_requests_total{status="499"} 1.0' in text
+    assert 'status="500"' not in text
+    assert health["preparing"] == 0  # its slot is back
+    gone = [r for r in caplog.records if "10.9.8.7" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelname == "INFO" and not gone[0].exc_info
+    assert not [r for r in caplog.records if r.levelno >= 40]  # no ERROR

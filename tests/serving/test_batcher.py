@@ -121,3 +121,58 @@ def test_closed_loop_clients_answered_together_come_back_into_one_pass(model):
     assert [s.size for s in stats] == [1, 1, 4, 4]  # not [..., 1, 3]
     assert max(stats[1].waited) < 2.0 and max(stats[2].waited) < 2.0
     assert 0.25 < max(stats[3].waited) < 2.0  # waited for the three, not for max_wait
+
+
+def test_a_cancelled_row_does_not_affect_its_pass(model):
+    """A client gone before its pass (its future cancelled) is skipped; the other rows of the
+    same pass get their answers, and the bookkeeping still sees every row."""
+    done: list = []
+    batcher = Batcher(model, torch.device("cpu"), max_batch=3, max_wait=600,
+                      on_done=done.extend)  # fmt: skip
+    x = torch.randn(3, 3, 32, 32)
+    futures = batcher.submit([(x[0], "a"), (x[1], "b"), (x[2], "c")])  # queued before start
+    assert futures[1].cancel()
+    batcher.start()
+    try:
+        assert futures[0].result(timeout=60).shape == (3,)
+        assert futures[2].result(timeout=60).shape == (4,)
+    finally:
+        batcher.stop()
+    assert futures[1].cancelled() and len(done) == 3 and batcher.failure is None
+
+
+def test_failing_callbacks_are_logged_and_the_model_thread_lives_on(model, caplog):
+    def broken(_) -> None:
+        raise RuntimeError("a bug in a callback")
+
+    batcher = Batcher(model, torch.device("cpu"), max_batch=1, max_wait=0, on_batch=broken,
+                      on_done=broken)  # fmt: skip
+    batcher.start()
+    try:
+        for _ in range(2):  # the second row is answered too: the thread survived the first
+            row = batcher.submit([(torch.randn(3, 32, 32), "a")])[0]
+            assert row.result(timeout=60).shape == (3,)
+    finally:
+        batcher.stop()
+    assert batcher.failure is None
+    assert "a bug in a callback" in caplog.text
+
+
+def test_a_dead_model_thread_answers_its_rows_refuses_new_ones_and_is_logged_once(model, caplog):
+    def coming() -> int:  # called by the model thread outside any pass: an unexpected bug
+        raise RuntimeError("a bug outside the passes")
+
+    batcher = Batcher(model, torch.device("cpu"), max_batch=4, max_wait=600, coming=coming)
+    x = torch.randn(3, 32, 32)
+    queued = batcher.submit([(x, "a"), (x, "b")])
+    batcher.start()
+    for f in queued:  # answered, not left hanging
+        with pytest.raises(Overloaded, match="model thread stopped.*a bug outside the passes"):
+            f.result(timeout=20)
+    assert isinstance(batcher.failure, RuntimeError)
+    for _ in range(2):
+        with pytest.raises(Overloaded, match="model thread stopped"):
+            batcher.submit([(x, "a")])
+    batcher.stop()
+    died = [r for r in caplog.records if "model thread stopped" in r.getMessage()]
+    assert len(died) == 1 and died[0].levelname == "CRITICAL" and died[0].exc_info

@@ -13,7 +13,8 @@ from .server import client, running
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(registry, task_runs):
-    flags = ("--max-batch-size", "64", "--max-wait-ms", "600000")  # a pass waits for 64 rows
+    # a pass waits for 64 rows; the slow upload below may pause as long as the test needs
+    flags = ("--max-batch-size", "64", "--max-wait-ms", "600000", "--body-timeout", "600")
     env = {"ADAPTFORMER_ADMIN_TOKEN": "tok"}
     with running(registry.root, *flags, env=env) as server, client(server) as http:
         r = http.put(

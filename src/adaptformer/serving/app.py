@@ -17,10 +17,12 @@ passes on the batcher's model thread, task loading on Starlette's thread pool.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,18 +34,30 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..data import build_eval_transform
-from .batcher import Batcher, Overloaded
+from .batcher import Batcher, ModelStopped, Overloaded
 from .catalog import Catalog, TaskVersion, UnknownTask
 from .config import ServeConfig
 from .images import BadImage, from_base64, preprocess
 from .metrics import ServeMetrics
 from .multitask import top_k
-from .requests import BodyLimit, error_response, http_error, parse_top_k, path_name, task_names
+from .requests import (
+    CLOSE,
+    BodyLimit,
+    HostCheck,
+    error_response,
+    http_error,
+    internal_error,
+    parse_json_body,
+    parse_top_k,
+    path_name,
+    read_multipart,
+    task_names,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -73,22 +87,25 @@ class Service:
         self.decoder = ThreadPoolExecutor(config.decode_threads, "adaptformer-decode")
         self.active = 0  # /v1/predict requests being handled
         self.preparing = 0  # ... of which not yet queued (read, decoded): worth a batch's wait
+        self.reading = 0  # ... of which the body is still arriving
+        self.uploads: collections.Counter[str] = collections.Counter()  # reading, per address
         self.draining = False
         self.metrics.tasks.set(len(catalog.list()))
         self.metrics.queue_depth.set_function(self.batcher.depth)
+        self.metrics.reading.set_function(lambda: self.reading)
 
     # -- predict ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
         start = time.perf_counter()
-        if self.active >= self.config.max_queue:
-            return self._count(
-                error_response(503, "too many requests in progress", {"Retry-After": "1"})
-            )
+        address = request.client.host if request.client else "unknown"
+        refused = self._refusal(address)
+        if refused is not None:
+            return self._count(refused)
         self.active += 1
         try:
             self.preparing += 1
             try:
-                images, versions, tensors, top_k = await self._prepare(request)
+                images, versions, tensors, top_k = await self._prepare(request, address)
             finally:  # no await until submit: the batcher never sees this request twice
                 self.preparing -= 1
             try:
@@ -106,6 +123,8 @@ class Service:
             response = error_response(422, str(e))
         except Overloaded as e:
             response = error_response(503, str(e), {"Retry-After": str(e.retry_after)})
+        except ClientDisconnect:
+            response = client_gone(request)
         except Exception as e:  # answer, log, and keep serving the others
             _log.exception("a /v1/predict request failed")
             response = error_response(500, f"internal error: {type(e).__name__}: {e}")
@@ -113,15 +132,39 @@ class Service:
             self.active -= 1
         return self._count(response)
 
+    def _refusal(self, address: str) -> Response | None:
+        """The answer to a request that cannot be taken now (every slot is taken, or its client
+        address has as many uploads in progress as it may), or None."""
+        again = {"Retry-After": "1", **CLOSE}  # its body is not read: close the connection
+        n, cap = self.config.max_queue, self.config.max_uploads_per_client
+        if self.active >= n:
+            message = f"too many requests in progress ({self.active}; --max-queue {n})"
+            return error_response(503, message, again)
+        if cap and self.uploads[address] >= cap:
+            message = (
+                f"{address} already has {cap} uploads in progress, this server's limit per client "
+                "address (--max-uploads-per-client)"
+            )
+            return error_response(429, message, again)
+        return None
+
     def _count(self, response: Response) -> Response:
         self.metrics.requests.labels(str(response.status_code)).inc()
         return response
 
     async def _prepare(
-        self, request: Request
+        self, request: Request, address: str
     ) -> tuple[list[tuple[str, bytes]], list[TaskVersion], list[torch.Tensor], int]:
         """Read the request, take its task versions, decode its images on the decode threads."""
-        images, tasks, top_k = await self._read(request)
+        self.reading += 1
+        self.uploads[address] += 1
+        try:
+            images, tasks, top_k = await self._read(request)
+        finally:  # the slot is back however the reading ended (408, 413, a client gone)
+            self.reading -= 1
+            self.uploads[address] -= 1
+            if not self.uploads[address]:
+                del self.uploads[address]
         versions = self.catalog.checkout(tasks, rows_each=len(images))
         try:
             loop = asyncio.get_running_loop()
@@ -151,11 +194,17 @@ class Service:
         start: float,
     ) -> Response:
         seconds = time.perf_counter() - start
-        results = []
+        results, failed = [], []
         rows = iter(logits)  # submitted image-major: image 0's tasks, then image 1's, ...
         for i, (name, _) in enumerate(images):
             answers = {v.name: _top(next(rows), v, top_k) for v in versions}
+            failed += [f"{a['error']} (image {i})" for a in answers.values() if "error" in a]
             results.append({"image": i, "filename": name, "tasks": answers})
+        total = len(images) * len(versions)
+        if failed:
+            _log.warning("%d of %d answers were not finite: %s", len(failed), total, failed[0])
+        if len(failed) == total:  # nothing to answer with
+            return error_response(500, failed[0])
         for v in versions:
             self.metrics.rows.labels(v.name).inc(len(images))
             self.metrics.latency.labels(v.name).observe(seconds)
@@ -166,7 +215,13 @@ class Service:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         n = self.config.max_images
         if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            async with request.form(max_files=n, max_fields=16) as form:  # closes spooled files
+            reader = (
+                read_multipart(request, max_files=n, max_fields=16)
+                if kind == "multipart/form-data"
+                else request.form(max_files=n, max_fields=16)
+            )
+            form = await reader
+            try:
                 images = []
                 for _, value in form.multi_items():
                     if isinstance(value, UploadFile):
@@ -174,11 +229,10 @@ class Service:
                 tasks_field = [v for v in form.getlist("tasks") if isinstance(v, str)]
                 tasks: Any = ",".join(tasks_field) if tasks_field else None
                 top_k: Any = form.get("top_k")
+            finally:
+                await form.close()  # its spooled files
         elif kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, RecursionError) as err:  # RecursionError: '[' * 200000
-                raise HTTPException(400, f"malformed JSON body: {err}") from err
+            body = parse_json_body(await request.body())
             if not isinstance(body, dict) or not isinstance(body.get("images"), list):
                 raise HTTPException(
                     422, 'the JSON body must be an object with "images": [base64 strings]'
@@ -197,17 +251,22 @@ class Service:
         return images, task_names(tasks), parse_top_k(top_k, self.config.top_k)
 
     # -- tasks ------------------------------------------------------------------------------------
+    def _is_admin(self, request: Request) -> bool:
+        """The request carries the admin token (compared in constant time)."""
+        if self.admin_token is None:
+            return False
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.admin_token.encode()
+        )
+
     def _check_admin(self, request: Request) -> None:
         if self.admin_token is None:
             raise HTTPException(
                 403, "task changes are disabled: start the server with ADAPTFORMER_ADMIN_TOKEN "
                 "set (or --admin-token-file FILE)",
             )  # fmt: skip
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.admin_token.encode()
-        ):
+        if not self._is_admin(request):
             raise HTTPException(
                 401, "send the admin token as 'Authorization: Bearer TOKEN'",
                 {"WWW-Authenticate": "Bearer"},
@@ -217,10 +276,7 @@ class Service:
         self._check_admin(request)
         name = path_name(request)
         raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, RecursionError) as err:  # RecursionError: '[' * 200000
-            raise HTTPException(400, f"malformed JSON body: {err}") from err
+        body = parse_json_body(raw) if raw.strip() else {}
         if not isinstance(body, dict) or set(body) - {"run"}:
             raise HTTPException(
                 422, 'the body is {"run": "RUN_DIR"} (a run folder to register and serve) or '
@@ -251,27 +307,48 @@ class Service:
         return JSONResponse({"removed": old.name, "version": old.version})
 
     async def list_tasks(self, request: Request) -> Response:
+        """The served tasks; the folders they were read from (server paths) only for the admin
+        token."""
+        tasks = [v.describe() for v in self.catalog.list()]
+        if not self._is_admin(request):
+            tasks = [{k: v for k, v in t.items() if k != "source"} for t in tasks]
         return JSONResponse(
             {
                 "backbone": {k: self.catalog.backbone.get(k) for k in ("model", "img_size")},
-                "tasks": [v.describe() for v in self.catalog.list()],
+                "tasks": tasks,
             }
         )
 
     # -- operations -------------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
-        status = "draining" if self.draining else "ok"
-        return JSONResponse(
-            {
-                "status": status,
-                "tasks": len(self.catalog.list()),
-                "queue": self.batcher.depth(),
-                "preparing": self.preparing,
-                # registry tasks not loaded at start-up (broken files) -> why
-                **({"skipped": self.catalog.skipped} if self.catalog.skipped else {}),
-            },
-            status_code=503 if self.draining else 200,
-        )
+        """200 ``ok``, or 503 with a ``reason`` when a new request would not be answered."""
+        body: dict[str, Any] = {
+            "status": "ok",
+            "tasks": len(self.catalog.list()),
+            "queue": self.batcher.depth(),
+            "preparing": self.preparing,
+            "reading": self.reading,
+        }
+        if self.catalog.skipped:  # registry tasks not loaded at start-up (broken files) -> why
+            body["skipped"] = self.catalog.skipped
+        status, reason = self._unhealthy()
+        if status:
+            body.update(status=status, reason=reason)
+        return JSONResponse(body, status_code=503 if status else 200)
+
+    def _unhealthy(self) -> tuple[str, str]:
+        """(status, reason) of what stops this server from answering, or ("", "")."""
+        if self.batcher.failure is not None:
+            return "failing", str(ModelStopped(self.batcher.failure))
+        if self.draining:
+            return "draining", "the server is shutting down"
+        n = self.config.max_queue
+        if self.active >= n:
+            return "saturated", (
+                f"all request slots are taken ({self.active} of {n}, --max-queue; "
+                f"{self.reading} of them still receiving their body): new requests get 503"
+            )
+        return "", ""
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
@@ -306,13 +383,34 @@ class Service:
             _log.info("drained: every queued request was answered")
 
 
+def client_gone(request: Request) -> Response:
+    """A client closed its connection while its body was being read: a client abort, not a
+    server error. One INFO line; the 499 (nginx's code for it) is for the metrics only."""
+    address = request.client.host if request.client else "unknown"
+    _log.info(
+        "%s %s: client %s closed the connection while its request body was being read",
+        request.method, request.url.path, address,
+    )  # fmt: skip
+    return error_response(499, "the client closed the connection")
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return client_gone(request)
+
+
 def _top(logits: torch.Tensor, version: TaskVersion, k: int) -> dict[str, Any]:
+    """One task's answer for one image: its top ``k`` labels, or an ``error`` if its scores are
+    not finite (overflowing weights): then only this answer fails, never the whole JSON."""
+    top = top_k(logits, k, version.multilabel) if torch.isfinite(logits).all() else []
+    if not top or not all(math.isfinite(p) for _, p in top):
+        return {
+            "version": version.version,
+            "error": f"task {version.name!r} gave non-finite scores (inf or nan): its weights "
+            "overflow; ask the server's admin to replace it",
+        }
     return {
         "version": version.version,
-        "top": [
-            {"label": version.classes[i], "index": i, "prob": p}
-            for i, p in top_k(logits, k, version.multilabel)
-        ],
+        "top": [{"label": version.classes[i], "index": i, "prob": p} for i, p in top],
     }
 
 
@@ -337,11 +435,19 @@ def create_app(
             Route("/v1/tasks/{name}", service.put_task, methods=["PUT"]),
             Route("/v1/tasks/{name}", service.delete_task, methods=["DELETE"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={
+            HTTPException: http_error,
+            ClientDisconnect: _client_gone,
+            Exception: internal_error,
+        },
         lifespan=service.lifespan,
     )
     app.state.service = service
-    app.add_middleware(BodyLimit, limit=service.config.max_upload_bytes)
+    c = service.config
+    app.add_middleware(
+        BodyLimit, limit=c.max_upload_bytes, timeout=c.body_timeout, rate=c.min_upload_rate * 1024
+    )
+    app.add_middleware(HostCheck, hosts=c.hosts)  # the outermost: checked before anything else
     return app
 
 
@@ -381,13 +487,83 @@ def serve(
             service.begin_drain()
             super().handle_exit(sig, frame)
 
+    if config.hosts == ["*"]:
+        _log.info("answering any Host header: list the names clients use with --allowed-hosts")
     Server(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
+            http=json_h11_protocol(head_timeout=config.body_timeout),
             log_level="info",
             timeout_graceful_shutdown=None,  # wait for every request in flight
             lifespan="on",
         )
     ).run()
+
+
+def json_h11_protocol(head_timeout: float = math.inf) -> type:
+    """uvicorn's h11 protocol, with two changes for hostile clients:
+
+    - a request that does not parse as HTTP (a bad request line, header or Content-Length) is
+      answered with the server's JSON error instead of plain text;
+    - a request head (request line and headers) must arrive within ``head_timeout`` seconds
+      of the connection or of the previous answer, else the connection is closed: uvicorn has
+      no such limit, so a client sending headers a byte at a time would hold its connection
+      for ever (the body has its own deadline, :class:`~.requests.BodyLimit`).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._head_timer is None:
+                self._arm_head_timer()
+            super().data_received(data)
+
+        def _arm_head_timer(self) -> None:
+            if math.isfinite(head_timeout):
+                waiting = self.cycle  # a new request head replaces it
+                self._head_timer = self.loop.call_later(head_timeout, self._head_late, waiting)
+
+        def _head_late(self, waiting: object) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is waiting:  # no request head came in time
+                _log.info("closed a connection whose request head did not arrive within "
+                          "--body-timeout %g s", head_timeout)  # fmt: skip
+                self.transport.close()
+            elif self.cycle.response_complete:  # answered since: time the next head
+                self._arm_head_timer()
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(
+                {"error": f"invalid HTTP request: {msg.rstrip('.')}", "status": 400}
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol

@@ -17,6 +17,12 @@ language models): requests for eight tasks that arrive together cost one backbon
 The queue is bounded in rows: a request that does not fit is refused at once with
 :class:`Overloaded` (the server answers 503 + Retry-After) instead of growing memory.
 
+A row whose future was cancelled (its client is gone) before its pass is left out of the pass;
+its neighbours are answered as usual. An error in a callback (metrics, bookkeeping) is logged and
+the thread goes on; if the thread dies anyway, it answers every queued row with
+:class:`ModelStopped`, refuses new ones, logs once, and :attr:`Batcher.failure` says why (the
+server's health check turns to 503).
+
 Only the model thread runs the model. Hot task changes take :attr:`Batcher.model_lock`, the
 lock every forward pass holds, so an adapter is never added or removed in the middle of a pass
 (the routing of a mixed batch sits on the model's modules while it runs).
@@ -51,6 +57,16 @@ class Overloaded(RuntimeError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ModelStopped(Overloaded):
+    """The model thread died: nothing will be answered until the server is restarted."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            f"the model thread stopped ({type(cause).__name__}: {cause}); restart the server",
+            retry_after=60,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,9 @@ class Batcher:
         self._free_since = 0.0  # when the last pass ended
         self._answered = 0  # rows it answered
         self._answered_at = 0.0  # when it began to answer them: a row sent since is one back
-        self._thread = threading.Thread(target=self._loop, name="adaptformer-model", daemon=True)
+        self._current: list[Row] = []  # the batch being run
+        self.failure: BaseException | None = None  # why the model thread died, if it did
+        self._thread = threading.Thread(target=self._main, name="adaptformer-model", daemon=True)
 
     # -- public -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,6 +166,8 @@ class Batcher:
         """
         items = [Row(x, task) for x, task in rows]
         with self._cond:
+            if self.failure is not None:
+                raise ModelStopped(self.failure)
             if self._stopping:
                 raise Overloaded("the server is shutting down", retry_after=1)
             if len(self._queue) + len(items) > self.max_queue:
@@ -206,19 +226,55 @@ class Batcher:
             n = min(self.max_batch, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
+    def _main(self) -> None:
+        """The model thread: :meth:`_loop`, and if it dies, say so once and answer every row."""
+        try:
+            self._loop()
+        except BaseException as err:
+            _log.critical("the model thread stopped; every request now gets 503", exc_info=True)
+            with self._cond:
+                self.failure = err
+                orphans = self._current + list(self._queue)  # taken but unanswered, and queued
+                self._queue.clear()
+            stopped = ModelStopped(err)
+            for r in orphans:
+                if r.future.done():
+                    continue
+                if r.future.running() or r.future.set_running_or_notify_cancel():
+                    r.future.set_exception(stopped)
+            self._call(self.on_done, orphans)  # their task versions are released all the same
+
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            groups = _by_task(batch) if self.mode == "per-task" else [batch]
+            self._current = batch
+            # A cancelled future (its client is gone) can no longer take an answer: leave its
+            # row out. A running future cannot be cancelled, so setting the others is safe.
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            groups = (_by_task(live) if self.mode == "per-task" else [live]) if live else []
             # The first answers went out with the first group: a client answered then may send
             # again before this bookkeeping ends, and its row must count as one back.
-            answered_at = min([self._run(rows) for rows in groups])
-            if self.on_done is not None:
-                self.on_done(batch)
+            answered_at = min([self._run(rows) for rows in groups], default=time.perf_counter())
+            self._call(self.on_done, batch)
             self._free_since = time.perf_counter()
             self._answered, self._answered_at = len(batch), answered_at
+            self._current = []
+
+    @staticmethod
+    def _call(callback: Callable | None, arg: object) -> None:
+        """A callback's error is logged, not raised: metrics or bookkeeping must not stop the
+        model thread (the rows are answered already)."""
+        if callback is None:
+            return
+        try:
+            callback(arg)
+        except Exception:
+            _log.exception(
+                "the batcher's callback %s failed", getattr(callback, "__name__", callback)
+            )
 
     def _run(self, rows: list[Row]) -> float:
-        """One forward pass; returns when its answers began to go out."""
+        """One forward pass of rows whose futures are running; returns when its answers began
+        to go out."""
         start, answered_at = time.perf_counter(), math.inf
         try:
             x = torch.stack([r.x for r in rows]).to(self.device)
@@ -239,15 +295,13 @@ class Batcher:
         self._seconds_per_row = (
             per_row if not self._seconds_per_row else (0.9 * self._seconds_per_row + 0.1 * per_row)
         )
-        if self.on_batch is not None:
-            self.on_batch(
-                BatchStats(
-                    size=len(rows),
-                    tasks=len({r.task for r in rows}),
-                    seconds=seconds,
-                    waited=[start - r.arrived for r in rows],
-                )
-            )
+        stats = BatchStats(
+            size=len(rows),
+            tasks=len({r.task for r in rows}),
+            seconds=seconds,
+            waited=[start - r.arrived for r in rows],
+        )
+        self._call(self.on_batch, stats)
         return answered_at
 
 

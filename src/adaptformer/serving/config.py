@@ -42,6 +42,29 @@ class ServeConfig:
         choices=BATCHING,
     )
     max_upload_mb: float = _f(10.0, "request body size limit in MiB (413 beyond it)")
+    body_timeout: float = _f(
+        20.0,
+        "seconds a request body may take to arrive, plus the time its bytes earn at "
+        "--min-upload-rate (408 beyond it, and the request's slot is free again); also the time "
+        "a request's headers may take (the connection is closed beyond it)",
+    )
+    min_upload_rate: float = _f(
+        32.0,
+        "KiB/s: every KiB received extends a body's deadline by 1/RATE s, so a large upload at "
+        "this rate always finishes and a trickle does not (0: --body-timeout is the whole time)",
+    )
+    max_uploads_per_client: int = _f(
+        32,
+        "requests whose body is being read at once from one client address (429 beyond it; 0: "
+        "no cap; behind a proxy every client shares its address)",
+    )
+    allowed_hosts: str = _f(
+        "",
+        "comma-separated Host header names the server answers (*.example.org: any subdomain, "
+        "*: any); others get 400, which stops DNS-rebinding pages reading the API",
+        default_text="the --host address, localhost, 127.0.0.1 and ::1; any host when --host is "
+        "0.0.0.0 or ::",
+    )
     max_pixels: int = _f(DEFAULT_MAX_PIXELS, "width x height an image may declare (413 beyond)")
     max_images: int = _f(16, "images per request at most")
     top_k: int = _f(5, "labels per task and image when a request gives no top_k")
@@ -59,6 +82,17 @@ class ServeConfig:
         }
         bad = [f"--{k.replace('_', '-')} {v}" for k, v in counts.items() if v < 1]
         bad += [f"--threads {self.threads}"] if self.threads < 0 else []
+        if self.max_uploads_per_client < 0:
+            bad.append(f"--max-uploads-per-client {self.max_uploads_per_client}")
+        if not (math.isfinite(self.body_timeout) and self.body_timeout > 0):
+            bad.append(f"--body-timeout {self.body_timeout} (seconds > 0)")
+        if not (math.isfinite(self.min_upload_rate) and self.min_upload_rate >= 0):
+            bad.append(f"--min-upload-rate {self.min_upload_rate} (KiB/s >= 0)")
+        names = self.allowed_hosts.split(",")
+        if self.allowed_hosts.strip() and not all(
+            n.strip() and " " not in n.strip() for n in names
+        ):
+            bad.append(f"--allowed-hosts {self.allowed_hosts!r} (names separated by commas)")
         if not 0 <= self.port <= 65535:
             bad.append(f"--port {self.port}")
         for name in ("max_wait_ms", "max_upload_mb"):
@@ -73,3 +107,14 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Host header names answered: ``--allowed-hosts``, or by default the address the
+        server listens on and the loopback names (any name when it listens everywhere: it can
+        be reached under names it cannot know)."""
+        if self.allowed_hosts.strip():
+            return [n.strip().lower().rstrip(".") for n in self.allowed_hosts.split(",")]
+        if self.host in ("0.0.0.0", "::", ""):
+            return ["*"]
+        return list(dict.fromkeys([self.host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"]))

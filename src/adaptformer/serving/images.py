@@ -76,11 +76,17 @@ def decode(data: bytes, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
 
 
 def from_base64(text: object, what: str) -> bytes:
-    """The bytes of a base64 string from a JSON request (standard or URL-safe alphabet)."""
+    """The bytes of a base64 string from a JSON request, as people produce them: the standard
+    or URL-safe alphabet, wrapped in lines (the ``base64`` tool breaks every 76 columns) or
+    not, padded or not. Any other character is refused."""
     if not isinstance(text, str):
         raise BadImage(f"{what} must be a base64 string, got {type(text).__name__}")
+    # line breaks and spaces go; padding is implied by the length, so it is put back below
+    compact = "".join(text.split()).rstrip("=").replace("-", "+").replace("_", "/")
     try:
-        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+        if len(compact) % 4 == 1:
+            raise ValueError("its length is one more than a multiple of 4: characters are missing")
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError) as err:
         raise BadImage(f"{what} is not valid base64 ({err})") from err
 

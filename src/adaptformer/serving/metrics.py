@@ -52,6 +52,11 @@ class ServeMetrics:
             "adaptformer_queue_depth", "rows waiting for a forward pass", registry=r
         )
         self.tasks = Gauge("adaptformer_tasks", "tasks served", registry=r)
+        self.reading = Gauge(
+            "adaptformer_requests_reading",
+            "/v1/predict requests whose body is still arriving (slow uploads show here)",
+            registry=r,
+        )
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)
