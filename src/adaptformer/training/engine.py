@@ -6,6 +6,7 @@ Pure of run bookkeeping (folders, checkpoints, logging files): ``runner.py`` wir
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 
 from ..data.metrics import mean_average_precision, topk_correct
 from ..utils.distributed import DistInfo, all_gather_cat, all_reduce_sum, shard_indices
+
+_log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +91,12 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) ->
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
+def every_rank_has_a_batch(batch: object, device: torch.device) -> bool:
+    """Whether no rank's batch is ``None``: one flag summed over ranks, so all decide alike."""
+    missing = torch.tensor([1.0 if batch is None else 0.0], device=device)
+    return all_reduce_sum(missing).item() == 0
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -104,39 +113,53 @@ def train_one_epoch(
     progress: bool = True,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss, last and highest lr, and images/s, over all
-    processes."""
+    processes.
+
+    A batch of ``None`` (the video collate dropped every clip of it) is skipped by *every* rank
+    together: under DDP each step is a set of collectives (the loss check, the gradient
+    all-reduce) that all ranks must enter, so a rank stepping alone would hang or pair its
+    collectives with another step's.
+    """
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps * accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_sum, images, lr, lr_peak = torch.zeros((), device=device), 0, 0.0, 0.0
+    skipped, pending = 0, False  # pending: gradients accumulated but not yet applied
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        if batch is None:  # the collate dropped every item (e.g. clips that failed to decode)
-            bar.update(1)
-            continue
-        x, y = batch
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
             lr_peak = max(lr_peak, lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(x)
-        loss = _loss(logits, y, label_smoothing)
-        # agree across ranks, so every process stops together instead of hanging in a collective
-        bad = all_reduce_sum(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device))
-        if bad.item() > 0:
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch} step {i} (lr {lr:.3g}): lower --lr/--blr, "
-                "use --precision fp32 or --clip-grad; the last good checkpoint is kept"
+        if every_rank_has_a_batch(batch, device):
+            x, y = batch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = _loss(logits, y, label_smoothing)
+            # agree across ranks, so every process stops together instead of hanging
+            bad = all_reduce_sum(
+                torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
             )
-        (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
-        if (i + 1) % accum_steps == 0 or i + 1 == steps:
+            if bad.item() > 0:
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch} step {i} (lr {lr:.3g}): lower "
+                    "--lr/--blr, use --precision fp32 or --clip-grad; the last good checkpoint "
+                    "is kept"
+                )
+            (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
+            pending = True
+            loss_sum += loss.detach() * x.shape[0]
+            images += x.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        else:
+            skipped += 1
+        if pending and ((i + 1) % accum_steps == 0 or i + 1 == steps):
             if scaler:
                 scaler.unscale_(optimizer)
             if clip_grad:
@@ -147,11 +170,14 @@ def train_one_epoch(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach() * x.shape[0]
-        images += x.shape[0]
+            pending = False
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
     bar.close()
+    if skipped:
+        _log.warning(
+            "epoch %d: skipped %d of %d steps on every process because a process's whole batch "
+            "was dropped (unreadable clips)", epoch, skipped, steps,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     # over all ranks: the mean loss of every image, and the whole job's throughput
     totals = all_reduce_sum(
