@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from ..data.metrics import mean_average_precision, topk_correct
-from ..utils.distributed import DistInfo, all_gather_cat, all_reduce_sum, shard_indices
+from ..utils.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_reduce_sum,
+    every_rank,
+    shard_indices,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -91,12 +97,6 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) ->
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
-def every_rank_has_a_batch(batch: object, device: torch.device) -> bool:
-    """Whether no rank's batch is ``None``: one flag summed over ranks, so all decide alike."""
-    missing = torch.tensor([1.0 if batch is None else 0.0], device=device)
-    return all_reduce_sum(missing).item() == 0
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -136,7 +136,7 @@ def train_one_epoch(
             lr_peak = max(lr_peak, lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        if every_rank_has_a_batch(batch, device):
+        if every_rank(batch is not None, device):  # else every rank skips this step
             x, y = batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):

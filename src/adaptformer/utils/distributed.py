@@ -83,6 +83,16 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes, strict=True)])
 
 
+def every_rank(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds on every rank, so all ranks take the same branch (and enter the same
+    collectives); one process answers without a device round-trip."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    failed = torch.tensor([0.0 if ok else 1.0], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.SUM)
+    return failed.item() == 0
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's ``obj`` on every rank."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
