@@ -20,6 +20,7 @@ from .backbones.create import create_backbone, load_backbone_weights, read_state
 from .backbones.registry import list_models, resolve_checkpoint
 from .serving.multitask import MultiTaskModel, MultiTaskOutput, forward_tasks
 from .serving.store import TaskRegistry
+from .training.transforms import transforms
 
 __version__ = "0.1.0"
 
@@ -51,4 +52,5 @@ __all__ = [
     "save_adapter",
     "set_adapter",
     "trainable_parameters",
+    "transforms",
 ]

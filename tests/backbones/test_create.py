@@ -115,3 +115,19 @@ def test_classic_hugging_face_names_convert_too():
         torch.testing.assert_close(
             model.forward_features(x), hf(pixel_values=x).last_hidden_state, atol=1e-5, rtol=1e-5
         )
+
+
+def test_an_image_size_between_patches_is_refused_with_the_two_nearest():
+    from adaptformer.backbones.create import create_backbone
+
+    with pytest.raises(ValueError, match=r"--img-size 100 is not a multiple .* 14-pixel .*"
+                                         r"run at 98 px\): use 98 or 112"):  # fmt: skip
+        create_backbone("vit_small_patch14_dinov2", img_size=100)
+
+
+def test_a_model_name_typo_gets_close_matches():
+    from adaptformer.backbones.create import backbone_source
+
+    with pytest.raises(ValueError, match=r"unknown model 'vit_smal_patch14_dinov2.imgfocus'; "
+                                         r"did you mean vit_small_patch14_dinov2.imgfocus"):  # fmt: skip
+        backbone_source("vit_smal_patch14_dinov2.imgfocus", None)

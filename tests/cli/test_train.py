@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,28 +60,42 @@ def test_predict_prints_top_k_labels(finished, setup):
     assert all(len(row["top"]) == 2 and row["top"][0][0].startswith("class_") for row in rows)
 
 
-def test_killed_run_resumes_to_the_identical_result(setup, finished):
-    """kill -9 after an epoch's checkpoint, then --resume: same summary, same adapter bytes."""
+def _children(pid: int) -> list[str]:
+    """The pids of ``pid``'s live child processes (its data-loader workers), from /proc."""
+    try:
+        return (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    except OSError:
+        return []
+
+
+def _without_workers_flag(args: list[str]) -> list[str]:
+    i = args.index("--workers")
+    return args[:i] + args[i + 2 :]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killed_run_resumes_at_once_to_the_identical_result(setup, finished):
+    """kill -9 a training with the default data-loader workers while they are alive, after its
+    first checkpoint, then --resume at once: no stale lock, and the same summary, adapter bytes
+    and losses as the unbroken run (which used --workers 0: augmentation must not depend on
+    the worker count)."""
     data, ckpt, root = setup
     out = root / "killed"
-    args = train_args(data, ckpt, out)
+    args = _without_workers_flag(train_args(data, ckpt, out))  # default --workers (2)
     proc = subprocess.Popen([sys.executable, "-m", "adaptformer", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
+    workers: list[str] = []
     while time.time() < deadline and proc.poll() is None:
-        if (
-            metrics.exists()
-            and len(metrics.read_text().splitlines()) >= 1
-            and (out / "checkpoint.pt").exists()
-        ):
+        workers = _children(proc.pid)
+        if (out / "checkpoint.pt").exists() and workers:
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (out / "summary.json").exists()
-    r = run_cli("train", "--resume", "--output", str(out), "--workers", "0")
+    assert workers and not (out / "summary.json").exists()
+    r = run_cli("train", "--resume", "--output", str(out))  # at once, default workers
     assert r.returncode == 0, r.stderr
     a = json.loads((finished / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
@@ -90,6 +105,30 @@ def test_killed_run_resumes_to_the_identical_result(setup, finished):
         out / "adapter_model.safetensors"
     ).read_bytes()
     assert _losses(finished) == _losses(out)
+
+
+def test_a_live_training_in_another_process_is_refused_by_pid(setup, tmp_path):
+    """Two live trainings on one folder: the second is refused with the first's pid."""
+    data, ckpt, _ = setup
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from adaptformer.training.run_folder import lock_run_folder\n"
+         "with lock_run_folder(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(120)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run_cli(*train_args(data, ckpt, out, *FAST))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"in use by another `adaptformer train` (pid {holder.pid}: " in r.stderr
+    assert "lock_run_folder" in r.stderr  # the holder's command line
+    r = run_cli(*train_args(data, ckpt, out, *FAST))  # the holder died: free at once
+    assert r.returncode == 0, r.stderr
 
 
 class _WritesAFile:
@@ -439,3 +478,48 @@ def test_a_bare_missing_key_is_explained(monkeypatch, capsys):
     monkeypatch.setattr(models, "run", broken)
     code, err = _cli(capsys, "models")
     assert code == 2 and "missing key 'config'" in err
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command_and_exits_130(setup, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included) after the first checkpoint:
+    no traceback, exit 130, and the line says how to resume."""
+    import os
+
+    data, ckpt, _ = setup
+    out = tmp_path / "interrupted"
+    args = _without_workers_flag(train_args(data, ckpt, out, "--epochs", "30"))
+    proc = subprocess.Popen([sys.executable, "-m", "adaptformer", *args], text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.pt").exists():
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.02)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "adaptformer: interrupted; the last finished epoch is saved, resume with: "
+        f"adaptformer train --resume --output {out}"
+    )
+
+
+def test_the_last_line_names_the_run_folder_even_when_generated(setup, tmp_path):
+    data, ckpt, _ = setup
+    args = train_args(data, ckpt, tmp_path / "x", *FAST)
+    i = args.index("--output")
+    r = run_cli(*(args[:i] + args[i + 2 :]), cwd=tmp_path)  # no --output: runs/<generated>
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("run folder: runs/imagefolder-adaptformer-")
+    assert (tmp_path / last.removeprefix("run folder: ") / "summary.json").is_file()
+    assert "run_folder" not in json.loads(r.stdout)  # stdout stays the summary
+
+
+def test_an_unknown_device_is_one_line_with_the_choices(setup, tmp_path, capsys):
+    data, ckpt, _ = setup
+    code, err = _cli(capsys, *train_args(data, ckpt, tmp_path / "r", *FAST), "--device", "gpu")
+    assert code == 2
+    assert "--device gpu is not a device (did you mean cuda?); use auto, cpu, cuda" in err

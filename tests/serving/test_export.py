@@ -115,3 +115,27 @@ def test_a_batchnorm_head_exports_to_onnx(tmp_path):
     result = export_model(m.eval(), tmp_path / "bn.onnx", format="onnx")
     assert result.max_abs_error < 1e-4
     assert "forward" not in vars(norm)  # the model itself is left as it was
+
+
+def test_an_export_without_its_verifier_writes_nothing(model, tmp_path, monkeypatch):
+    """No onnxruntime: one error before any export work, and no unverified file left."""
+    import sys
+
+    from adaptformer.utils.errors import UserFacingError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    path = tmp_path / "m.onnx"
+    with pytest.raises(UserFacingError, match="needs onnxruntime.*nothing was written"):
+        export_model(model, path, "onnx", tasks=["ada"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_check_leaves_no_file_and_keeps_a_previous_one(model, tmp_path):
+    from adaptformer.utils.errors import UserFacingError
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"a good model from before")
+    with pytest.raises(UserFacingError, match="differs from PyTorch"):
+        export_model(model, path, "torchscript", tasks=["ada"], tolerance=-1.0)
+    assert path.read_bytes() == b"a good model from before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

@@ -200,3 +200,26 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     error = r.stderr.strip().splitlines()[-1]  # after the model's build logs
     assert error.startswith("adaptformer: error:")
     assert "2 processes" in error and "1 process" in error and "--nproc_per_node=2" in error
+
+
+@pytest.mark.slow
+def test_every_rank_refuses_a_folder_held_by_a_live_training(tmp_path):
+    """Rank 0 finds the folder locked: both ranks exit with the one-line error (none hangs
+    waiting for the other at a collective), and the folder gets nothing."""
+    from adaptformer.training.run_folder import lock_run_folder
+
+    data = make_image_folder(tmp_path / "data")
+    ckpt = make_checkpoint(tmp_path / "vit.safetensors")
+    out = tmp_path / "held"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29518", "-m", "adaptformer",
+           *train_args(data, ckpt, out, "--epochs", "1", "--batch-size", "4")]  # fmt: skip
+    with lock_run_folder(out):  # a live training in this (another) process
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0
+    refusals = [line for line in r.stderr.splitlines()
+                if line.startswith("adaptformer: error: run folder") and "in use by" in line]  # fmt: skip
+    assert len(refusals) == 2, r.stderr[-3000:]
+    assert f"pid {os.getpid()}" in refusals[0]
+    assert [p.name for p in out.iterdir()] == [".adaptformer.lock"]

@@ -260,11 +260,28 @@ def create_backbone(
                 f"unknown timm model {model_name!r}: see timm.list_models('vit*')"
             ) from e
         raise
+    if img_size is not None:
+        check_img_size(model, img_size)
     if checkpoint is not None:
         load_backbone_weights(model, read_state_dict(checkpoint), source=f"checkpoint {checkpoint}")
     elif not pretrained:
         _log.warning("%s has random weights: pass checkpoint=PATH or pretrained=True", model_name)
     return model
+
+
+def check_img_size(model: nn.Module, img_size: int) -> None:
+    """Refuse an input size that is not a whole number of patches: the patch embedding would
+    silently drop the remainder (100 px with 14-px patches runs at 98)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, tuple | list) else patch
+    if not isinstance(patch, int) or patch < 1 or img_size % patch == 0:
+        return
+    below, above = (img_size // patch) * patch, (img_size // patch + 1) * patch
+    sizes = f"{below} or {above}" if below else f"{above}"
+    raise ValueError(
+        f"--img-size {img_size} is not a multiple of the model's {patch}-pixel patches (it "
+        f"would run at {below or 'zero'} px): use {sizes}"
+    )
 
 
 def backbone_source(model: str, checkpoint: str | None) -> tuple[str, str | None, bool]:
@@ -281,12 +298,30 @@ def backbone_source(model: str, checkpoint: str | None) -> tuple[str, str | None
     if checkpoint:
         return arch, checkpoint, False
     if entry is None and model not in timm.list_pretrained():
+        if not timm.is_model(model):
+            raise ValueError(f"unknown model {model!r}{_close_matches(model)}")
         raise ValueError(
             f"--model {model!r} has no pretrained weights here: pass --checkpoint PATH, a "
             "registry name (`adaptformer models`) or a timm pretrained tag"
         )
     path = resolve_checkpoint(model)
     return arch, (str(path) if path else None), path is None
+
+
+def _close_matches(name: str) -> str:
+    """``; did you mean a, b or c?`` from the registry's names, timm's pretrained tags and
+    architectures (a typo otherwise reads as "no pretrained weights", which misleads)."""
+    import difflib
+
+    import timm
+
+    from .registry import MODELS
+
+    known = [*MODELS, *timm.list_pretrained(), *timm.list_models()]
+    close = difflib.get_close_matches(name, dict.fromkeys(known), n=3, cutoff=0.75)
+    if not close:
+        return "; `adaptformer models` lists the named backbones"
+    return f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
 
 
 def pretrained_backbone(

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
+from typing import NoReturn
 
 # Subcommand modules, in the order ``adaptformer --help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "demo",
     "train",
     "vtab",
+    "compare",
     "eval",
     "predict",
     "serve",
@@ -27,8 +30,16 @@ SUBCOMMANDS: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error: argparse's default prints the whole
+    usage first (40 lines for ``train``), which buries the one line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"adaptformer: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adaptformer",
         description="Adapt pretrained Vision Transformers with AdaptFormer (NeurIPS 2022).",
     )
@@ -40,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand. User errors print one line and exit 2; a NaN loss exits 1."""
+    """Run a subcommand. User errors print one line and exit 2; a NaN loss exits 1; Ctrl-C
+    prints one line (with the resume command for a training) and exits 130, as shells do."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -49,10 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ..data.safe import UnreadableImageError
     from ..training.engine import NonFiniteLossError
-    from ..utils.errors import UserFacingError
+    from ..utils.errors import TrainingInterrupted, UserFacingError
 
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as e:
+        print(
+            "adaptformer: interrupted; the last finished epoch is saved, resume with: "
+            f"adaptformer train --resume --output {shlex.quote(e.run_folder)}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("adaptformer: interrupted", file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:
         print(f"adaptformer: training stopped: {e}", file=sys.stderr)
         return 1

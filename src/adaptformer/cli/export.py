@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.preprocess import eval_recipe
     from ..serving.export import export_model
     from ..serving.store import TaskRegistry
     from ..training.run_folder import TASK, load_run
@@ -58,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         img_size, stats = reg.backbone["img_size"], reg.backbone
         metadata = {"classes": {t: reg.metadata(t).get("classes") for t in names}}
         out = args.out or f"tasks{suffix}"
-    metadata |= {k: stats.get(k) for k in ("mean", "std", "interpolation")}  # preprocessing
+    metadata |= {k: stats.get(k) for k in ("mean", "std", "interpolation")}
+    # Every step and number of the evaluation preprocessing, for code without adaptformer.
+    metadata["preprocess"] = eval_recipe(img_size, stats["mean"], stats["std"],
+                                         stats["interpolation"])  # fmt: skip
     result = export_model(
         model,
         out,

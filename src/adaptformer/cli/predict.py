@@ -14,9 +14,13 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="top-k labels of image files with a run or registry tasks")
     p.add_argument("--run", help="run folder written by `adaptformer train` (one task)")
-    p.add_argument("--tasks", help="comma-separated registry tasks to answer for every image")
+    p.add_argument(
+        "--tasks", help="comma-separated registry tasks to answer for every image, or all"
+    )
     p.add_argument("--registry", help="registry folder for --tasks (default: the user registry)")
-    p.add_argument("files", nargs="+", help="image files")
+    p.add_argument(
+        "files", nargs="+", help="image files, or folders (their images, sorted, not recursive)"
+    )
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
     p.add_argument(
         "--batch-size",
@@ -36,7 +40,28 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.top_k < 1 or args.batch_size < 1:
         raise ValueError("--top-k and --batch-size must be positive integers")
+    args.files = image_files(args.files)
     return _run_tasks(args) if args.tasks else _run_one(args)
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """``paths`` with each folder replaced by its image files (by extension, sorted); a folder
+    without images is an error rather than a silent empty answer."""
+    from pathlib import Path
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    files: list[str] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found = sorted(str(p) for p in Path(path).iterdir()
+                       if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))  # fmt: skip
+        if not found:
+            raise ValueError(f"folder {path} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+        files += found
+    return files
 
 
 def _ranked(logits, meta: dict, k: int) -> list[tuple[str, float]]:
@@ -88,11 +113,13 @@ def _run_tasks(args: argparse.Namespace) -> int:
     from ..serving.store import TaskRegistry
     from ..utils.distributed import resolve_device
 
-    names = list(dict.fromkeys(t for t in args.tasks.split(",") if t))
-    if not names:
-        raise ValueError("--tasks needs at least one task name, e.g. --tasks a,b")
-    device = resolve_device(args.device)
     reg = TaskRegistry(args.registry)
+    names = list(dict.fromkeys(t for t in args.tasks.split(",") if t))
+    if names == ["all"]:  # as `serve` takes it
+        names = reg.names()
+    if not names:
+        raise ValueError("--tasks needs at least one task name (or all), e.g. --tasks a,b")
+    device = resolve_device(args.device)
     model = reg.build_model(names, device)
     meta = {t: reg.metadata(t) for t in names}
     b = reg.backbone

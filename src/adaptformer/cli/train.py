@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..training.config import TrainConfig, read_yaml
 from .options import add_dataclass_flags, given
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a task (adapter + head) and write a run folder",
         description="Train with a YAML config (--config) and flag overrides; "
-        "`torchrun --nproc_per_node=N -m adaptformer.cli train ...` runs DDP.",
+        "`torchrun --nproc_per_node=N -m adaptformer train ...` runs DDP.",
     )
     p.add_argument("--config", help="YAML file of options (flags override it)")
     p.add_argument(
@@ -37,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = fit(config_from_args(args), resume=args.resume)
     if summary:
+        folder = summary.pop("run_folder")
         print(json.dumps(summary, indent=2))
+        # The last line says where the run is (stderr: stdout stays one JSON document).
+        print(f"run folder: {folder}", file=sys.stderr)
     return 0

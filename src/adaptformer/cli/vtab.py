@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--methods",
         nargs="+",
         default=["linear", "adaptformer-64"],
-        help="method specs: linear, full, bitfit, adaptformer-R, lora-R, vpt-N "
-        "(default: linear adaptformer-64)",
+        help="method specs: linear, full, bitfit, adaptformer-R, adapter_plus-R, houlsby-R, "
+        "pfeiffer-R (bottleneck R), lora-R (rank R), vpt-N (N prompts); a bare name takes its "
+        "own default size (default: linear adaptformer-64)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="final-run seeds (default: 0)")
     p.add_argument(

@@ -33,6 +33,7 @@ from torch import nn
 from ..adapters.inject import _head_dim, adapter_state, get_head, set_adapter, unwrap
 from ..adapters.routing import MaskedRouting, routed
 from ..utils.errors import UserFacingError
+from ..utils.files import atomic_path
 from .multitask import forward_tasks
 
 _log = logging.getLogger(__name__)
@@ -151,17 +152,26 @@ def export_model(
             **(metadata or {}),
         }
         args = _example(model, names, size, batch=2)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable
-            if format == "onnx":
-                with _plain_batchnorm(model):
-                    _to_onnx(module, args, path, multi, info)
-            else:
-                traced = torch.jit.trace(module, args, check_trace=False)
-                torch.jit.save(
-                    traced, str(path), _extra_files={"adaptformer.json": json.dumps(info)}
-                )
-        error = _verify(model, module, path, format, names, size, tolerance) if verify else None
+        if verify and format == "onnx":
+            _onnxruntime()  # a missing verifier fails before minutes of export, not after
+        # Written beside ``path`` and moved there only once verified: a failed export or check
+        # leaves no file that looks like a good model (nor replaces a good one).
+        with atomic_path(path) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable
+                if format == "onnx":
+                    with _plain_batchnorm(model):
+                        _to_onnx(module, args, tmp, multi, info)
+                else:
+                    traced = torch.jit.trace(module, args, check_trace=False)
+                    torch.jit.save(
+                        traced, str(tmp), _extra_files={"adaptformer.json": json.dumps(info)}
+                    )
+            error = (
+                _verify(model, module, tmp, path, format, names, size, tolerance)
+                if verify
+                else None
+            )
     finally:
         if active is not None and state.active != active:
             set_adapter(model, active)
@@ -242,13 +252,15 @@ def _to_onnx(
 def _verify(
     model: nn.Module,
     module: nn.Module,
+    file: Path,
     path: Path,
     format: str,
     names: list[str],
     size: tuple[int, int],
     tolerance: float,
 ) -> float:
-    """Largest |exported - PyTorch| on a batch of a size the tracer never saw."""
+    """Largest |exported - PyTorch| on a batch of a size the tracer never saw, running
+    ``file`` (the export, not yet at its final ``path``, which messages name)."""
     args = _example(model, names, size, batch=len(names) + 3)
     with torch.no_grad():
         if len(names) > 1:  # the reference is the eager grouped path, not the traced module
@@ -257,7 +269,7 @@ def _verify(
             ref = F.pad(ref, (0, width - ref.shape[1]), value=float("-inf"))
         else:
             ref = module(*args)
-        got = _run_exported(path, format, args)
+        got = _run_exported(file, format, args)
     ref = ref.float().cpu().numpy()
     if got.shape != ref.shape or not np.array_equal(np.isfinite(got), np.isfinite(ref)):
         raise UserFacingError(
@@ -280,15 +292,19 @@ def _run_exported(path: Path, format: str, args: tuple[torch.Tensor, ...]) -> np
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated
             loaded = torch.jit.load(str(path), map_location=args[0].device)
         return loaded(*args).float().cpu().numpy()
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise UserFacingError(
-            "verifying an ONNX export needs onnxruntime: pip install 'adaptformer[onnx]' "
-            "(or skip the check with verify=False / --no-verify)"
-        ) from e
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {"image": args[0].cpu().numpy()}
     if len(args) > 1:
         feeds["task_index"] = args[1].cpu().numpy().astype(np.int64)
     return session.run(None, feeds)[0]
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise UserFacingError(
+            "verifying an ONNX export needs onnxruntime: pip install 'adaptformer[onnx]' "
+            "(or skip the check with verify=False / --no-verify); nothing was written"
+        ) from e
+    return onnxruntime

@@ -12,12 +12,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import timm
 import torch
 from torch import nn
 
 from ..backbones.create import pretrained_backbone
 from ..data import DataConfig, DataSplits, build_datasets
+from ..data.preprocess import model_stats
 from ..utils.distributed import DistInfo
 from .config import TrainConfig
 from .engine import evaluate
@@ -83,9 +83,4 @@ def modality_of(cfg: TrainConfig) -> Modality:
 
 def data_stats(model: nn.Module) -> dict[str, Any]:
     """Normalisation and resize filter from the backbone's own timm config."""
-    data_cfg = timm.data.resolve_model_data_config(model)
-    return {
-        "mean": list(data_cfg["mean"]),
-        "std": list(data_cfg["std"]),
-        "interpolation": data_cfg.get("interpolation", "bicubic"),
-    }
+    return model_stats(model)

@@ -3,7 +3,8 @@
 Files: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.pt`` (atomic; ``--resume`` continues exactly from it), ``adapter_config.json`` +
 ``adapter_model.safetensors`` (the selected epoch's task files), ``learning_curve.png``,
-``summary.json``, and ``.adaptformer.lock`` (held while a training writes the folder). Every
+``summary.json``, and ``.adaptformer.lock`` (held while a training writes the folder; it
+holds the holder's pid). Every
 file read here may come from someone else: checkpoints are read with ``weights_only=True`` and
 checked before use.
 """
@@ -11,7 +12,10 @@ checked before use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +26,7 @@ from torch import nn
 
 from ..adapters.files import check_tensors
 from ..adapters.trainable import backbone_fingerprint
+from ..utils.distributed import broadcast_object
 from ..utils.files import atomic_path, first_line
 from .config import TrainConfig
 from .modality import modality_of
@@ -29,7 +34,7 @@ from .modality import modality_of
 _log = logging.getLogger(__name__)
 TASK = "default"  # the task name of a run's adapter inside its model
 CHECKPOINT = "checkpoint.pt"
-# Held (flock) by the training that writes a run folder; not part of the run's results.
+# Held (a POSIX record lock) by the training that writes a run folder; not part of the run's results.
 LOCK = ".adaptformer.lock"
 # Options that may differ when resuming (they do not change the computation).
 RESUMABLE_OVERRIDES = ("workers", "device", "output")
@@ -79,13 +84,22 @@ def check_output(out: Path, resume: bool) -> None:
         )
 
 
+# Folders this process holds. A POSIX record lock never excludes its own process, so a second
+# claim from the same process (a library user calling ``fit`` twice at once) is caught here.
+_HELD: set[Path] = set()
+_HELD_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def lock_run_folder(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on run folder ``out`` (created if missing) while the block runs.
 
     Two trainings into one folder would overwrite each other's files; the second one gets a
-    one-line error instead. The lock (``flock``) is released by the OS when the process ends,
-    so a killed run never leaves the folder locked.
+    one-line error naming the holder's pid and command line instead. The lock is a POSIX
+    record lock (``lockf``), which belongs to this process alone: data-loader workers forked
+    while it is held do not inherit it (an ``flock`` would be shared with them and outlive a
+    killed trainer until they notice), and the OS drops it the moment the process dies, so a
+    run killed with ``kill -9`` can be resumed at once.
     """
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -93,14 +107,77 @@ def lock_run_folder(out: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no locking
         yield
         return
-    with open(out / LOCK, "a+") as f:
+    key = out.resolve()
+    with _HELD_GUARD:
+        if key in _HELD:
+            raise _in_use(out, f"this process, pid {os.getpid()}")
+        _HELD.add(key)
+    try:
+        # One descriptor for the whole hold: closing ANY descriptor of the lock file in this
+        # process would release a POSIX lock, so nothing else here opens it.
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"run folder {out} is in use by another `adaptformer train`; wait for it to "
-                "finish or pass another --output"
-            ) from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise _in_use(out, _holder(out / LOCK)) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+    finally:
+        with _HELD_GUARD:
+            _HELD.discard(key)
+
+
+def _in_use(out: Path, holder: str) -> ValueError:
+    return ValueError(
+        f"run folder {out} is in use by another `adaptformer train` ({holder}); wait for it to "
+        "finish or pass another --output"
+    )
+
+
+def _holder(lock: Path) -> str:
+    """``pid N: its command line`` of the process that wrote ``lock`` (it holds the lock now).
+
+    The lock file is tiny and written by us, but the folder may not be: read at most 32 bytes
+    of a regular file, and treat anything odd as an unknown holder.
+    """
+    try:
+        if not lock.is_file():
+            return "pid unknown"
+        with open(lock, "rb") as f:  # another process: its close cannot drop their lock
+            pid = int(f.read(32).strip() or b"-1")
+    except (OSError, ValueError):
+        return "pid unknown"
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()[:300]
+        cmd = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return f"pid {pid}: {cmd}" if cmd else f"pid {pid}"
+
+
+@contextlib.contextmanager
+def claim_run_folder(out: Path, resume: bool, is_main: bool) -> Iterator[None]:
+    """Lock ``out`` on the main rank and check it is still usable, with the same answer on
+    every rank: under DDP a refusal seen by rank 0 alone would leave the other ranks waiting
+    at the next collective, so rank 0's error is broadcast and every rank raises it."""
+    with contextlib.ExitStack() as held:
+        problem = None
+        if is_main:
+            try:
+                held.enter_context(lock_run_folder(out))
+                check_output(out, resume)  # again: another run may have filled it meanwhile
+                remove_stale_temp_files(out)
+            except ValueError as e:
+                problem = str(e)
+        problem = broadcast_object(problem)
+        if problem is not None:
+            raise ValueError(problem)
         yield
 
 
@@ -171,31 +248,6 @@ def damaged_checkpoint(path: Path, problem: str) -> ValueError:
         f"{path} is damaged or does not belong to this run ({problem}); start the run again "
         "in a new --output"
     )
-
-
-def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and validation accuracy per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] + 1 for r in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    metric = next((m for m in ("val_top1", "val_mAP") if history and m in history[0]), None)
-    if metric:
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [r[metric] for r in history], "s-", color="tab:orange", label=metric)
-        ax2.set_ylabel(f"{metric} (%)")
-        ax2.legend(loc="center right")
-    ax.legend(loc="upper right")
-    ax.set_title("learning curve")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def load_run(

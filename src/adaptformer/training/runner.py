@@ -8,7 +8,6 @@ last checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -29,22 +28,23 @@ from ..adapters.inject import inject
 from ..adapters.trainable import backbone_fingerprint, mark_trainable
 from ..utils import distributed as dist_utils
 from ..utils.distributed import resolve_device
+from ..utils.errors import TrainingInterrupted
 from ..utils.files import atomic_write_text, first_line
 from .config import TrainConfig
+from .draws import SeededBatches, SeededDraws
 from .engine import GlobalBatchSampler, Schedule, train_one_epoch
 from .modality import Modality, data_stats, modality_of
+from .plots import plot_learning_curve
 from .run_folder import (
     CHECKPOINT,
     TASK,
     atomic_torch_save,
     check_output,
+    claim_run_folder,
     damaged_checkpoint,
     default_output,
-    lock_run_folder,
-    plot_learning_curve,
     prepare_resume,
     read_checkpoint,
-    remove_stale_temp_files,
     state_problems,
 )
 
@@ -115,7 +115,9 @@ class Run:
 
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Train, select on validation, evaluate the test split once; returns ``summary.json``."""
+    """Train, select on validation, evaluate the test split once; returns ``summary.json``'s
+    contents plus ``run_folder`` (the folder written, generated when ``cfg.output`` is empty)
+    on the main process, ``{}`` on the other DDP ranks."""
     if resume:
         cfg = prepare_resume(cfg)
     device = resolve_device(cfg.device)
@@ -160,15 +162,17 @@ def _fit(
     model.to(device)
     sampler = GlobalBatchSampler(len(data.train), cfg.batch_size, info, cfg.seed)
 
-    with lock_run_folder(out) if info.is_main else contextlib.nullcontext():
-        if info.is_main:
-            check_output(out, resume)  # again: another run may have filled it meanwhile
-            remove_stale_temp_files(out)
-            if not resume:
-                cfg.save(out / "config.yaml")
+    with claim_run_folder(out, resume, info.is_main):
+        if info.is_main and not resume:
+            cfg.save(out / "config.yaml")
         dist_utils.barrier()
         run = Run(cfg, out, device, info, model, data, stats, fingerprint, modality)
-        return _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(), progress)
+        try:
+            summary = _train(run, sampler, counts, resume and (out / CHECKPOINT).is_file(),
+                             progress)  # fmt: skip
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(str(out)) from None
+    return {**summary, "run_folder": str(out)} if summary else summary
 
 
 def _train(
@@ -189,7 +193,7 @@ def _train(
     start_epoch, history, best = 0, [], {"score": None, "loss": None, "epoch": None, "state": None}
     if resume:
         start_epoch, history, best = _load_checkpoint(run, optimizer, scaler)
-        _log.info("resuming %s at epoch %d", run.out, start_epoch)
+        _log.info("resuming %s at epoch %d/%d", run.out, start_epoch + 1, cfg.epochs)
     _write_metrics(run, history)
     steps = (
         len(sampler)
@@ -203,8 +207,8 @@ def _train(
         if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
             seed_everything(dist_utils.rank_seed(cfg.seed, info.rank, epoch))
         loader = DataLoader(
-            run.data.train,
-            batch_sampler=sampler,
+            SeededDraws(run.data.train),  # augmentation independent of workers and ranks
+            batch_sampler=SeededBatches(sampler, cfg.seed),
             num_workers=cfg.workers,
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
             pin_memory=device.type == "cuda",
@@ -226,8 +230,9 @@ def _train(
             best = {"score": score, "loss": loss, "epoch": epoch, "state": _task_state(model)}
         history.append(row)
         _log.info(
-            "epoch %d: %s",
-            epoch,
+            "epoch %d/%d: %s",
+            epoch + 1,
+            cfg.epochs,
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
         if info.is_main:
@@ -390,6 +395,7 @@ def _finish(run: Run, counts, history, best, progress: bool) -> dict[str, Any]:
         }
         summary = {k: v for k, v in summary.items() if v is not None}
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        plot_learning_curve(history, run.out / "learning_curve.png")
+        plot_learning_curve(history, run.out / "learning_curve.png", title=run.out.name,
+                            best_epoch=best["epoch"])  # fmt: skip
         _log.info("test: %s", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)})
     return summary

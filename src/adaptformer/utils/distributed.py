@@ -18,7 +18,13 @@ def resolve_device(name: str) -> torch.device:
     """``--device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it was built with
+        hint = " (did you mean cuda?)" if name.lower().startswith("gpu") else ""
+        raise ValueError(
+            f"--device {name} is not a device{hint}; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {name}: CUDA is not available on this machine; use --device cpu"

@@ -8,3 +8,12 @@ download). Any other exception is a bug and keeps its traceback.
 
 class UserFacingError(RuntimeError):
     """Something outside the code is wrong, and the message says how to fix it."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training: carries the run folder, so the CLI can say how to resume
+    (the last epoch's checkpoint is intact, since checkpoints are written atomically)."""
+
+    def __init__(self, run_folder: str) -> None:
+        super().__init__(run_folder)
+        self.run_folder = run_folder
