@@ -6,6 +6,7 @@ Pure of run bookkeeping (folders, checkpoints, logging files): ``runner.py`` wir
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -18,7 +19,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from ..data.metrics import mean_average_precision, topk_correct
-from ..utils.distributed import DistInfo, all_gather_cat, all_reduce_sum, shard_indices
+from ..utils.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_reduce_sum,
+    every_rank,
+    shard_indices,
+)
+
+_log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,44 +150,57 @@ def train_one_epoch(
     guard: DivergenceGuard | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss, last and highest lr, and images/s, over all
-    processes. ``guard`` (if given) stops a diverging run."""
+    processes. ``guard`` (if given) stops a diverging run.
+
+    A batch of ``None`` (the video collate dropped every clip of it) is skipped by *every* rank
+    together: under DDP each step is a set of collectives (the loss check, the gradient
+    all-reduce) that all ranks must enter, so a rank stepping alone would hang or pair its
+    collectives with another step's.
+    """
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps * accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_sum, images, lr, lr_peak = torch.zeros((), device=device), 0, 0.0, 0.0
+    skipped, pending = 0, False  # pending: gradients accumulated but not yet applied
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        if batch is None:  # the collate dropped every item (e.g. clips that failed to decode)
-            bar.update(1)
-            continue
-        x, y = batch
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
             lr_peak = max(lr_peak, lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(x)
-        loss = _loss(logits, y, label_smoothing)
-        # agree across ranks, so every process stops together instead of hanging in a collective
-        finite = torch.isfinite(loss)
-        bad, loss_sum_ranks, ranks = all_reduce_sum(torch.stack([
-            (~finite).float(), torch.where(finite, loss.detach().float(), 0.0), finite.new_ones((), dtype=torch.float)
-        ])).tolist()  # fmt: skip
-        if bad > 0:
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch + 1} step {i} (lr {lr:.3g}): lower "
-                "--lr/--blr, use --precision fp32 or --clip-grad; the last good checkpoint is kept"
-            )
-        if guard is not None:
-            guard.check(loss_sum_ranks / ranks, epoch, i, lr)  # the same on every rank
-        (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
-        if (i + 1) % accum_steps == 0 or i + 1 == steps:
+        if every_rank(batch is not None, device):  # else every rank skips this step
+            x, y = batch
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = _loss(logits, y, label_smoothing)
+            # agree across ranks, so every process stops together instead of hanging
+            finite = torch.isfinite(loss)
+            bad, loss_sum_ranks, ranks = all_reduce_sum(torch.stack([
+                (~finite).float(), torch.where(finite, loss.detach().float(), 0.0),
+                finite.new_ones((), dtype=torch.float),
+            ])).tolist()  # fmt: skip
+            if bad > 0:
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch + 1} step {i} (lr {lr:.3g}): lower "
+                    "--lr/--blr, use --precision fp32 or --clip-grad; the last good checkpoint "
+                    "is kept"
+                )
+            if guard is not None:
+                guard.check(loss_sum_ranks / ranks, epoch, i, lr)  # the same on every rank
+            (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
+            pending = True
+            loss_sum += loss.detach() * x.shape[0]
+            images += x.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        else:
+            skipped += 1
+        if pending and ((i + 1) % accum_steps == 0 or i + 1 == steps):
             if scaler:
                 scaler.unscale_(optimizer)
             if clip_grad:
@@ -189,11 +211,14 @@ def train_one_epoch(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach() * x.shape[0]
-        images += x.shape[0]
+            pending = False
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
     bar.close()
+    if skipped:
+        _log.warning(
+            "epoch %d: skipped %d of %d steps on every process because a process's whole batch "
+            "was dropped (unreadable clips)", epoch, skipped, steps,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     # over all ranks: the mean loss of every image, and the whole job's throughput
     totals = all_reduce_sum(

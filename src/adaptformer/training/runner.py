@@ -213,6 +213,8 @@ def _train(
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
+            seed_everything(dist_utils.rank_seed(cfg.seed, info.rank, epoch))
         loader = DataLoader(
             SeededDraws(run.data.train),  # augmentation independent of workers and ranks
             batch_sampler=SeededBatches(sampler, cfg.seed),
@@ -333,6 +335,7 @@ def _save_checkpoint(
             "best": best,
             "config": run.cfg.to_dict(),
             "divergence_start": loss_start,  # the divergence guard's reference loss
+            "world_size": run.info.world_size,
         },
         run.out / CHECKPOINT,
     )
@@ -343,6 +346,7 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict, floa
     and leaves the model as built."""
     path = run.out / CHECKPOINT
     ckpt = read_checkpoint(path)
+    _check_saved_world_size(ckpt, run.info.world_size, path)
     expected = adapter_tensors(run.model, TASK)
     states = [("task_state", ckpt["task_state"]), ("best state", ckpt["best"]["state"])]
     problems = [
@@ -370,6 +374,17 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict, floa
     if not (isinstance(start, float) and math.isfinite(start) and start > 0):
         start = None  # measured again from the resumed steps
     return ckpt["next_epoch"], ckpt["history"], ckpt["best"], start
+
+
+def _check_saved_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
+    """The checkpoint's process count must be this run's (checkpoints from before it was
+    recorded pass: their count is unknown)."""
+    saved = ckpt.get("world_size")
+    if saved is None:
+        return
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+        raise damaged_checkpoint(path, f"world_size {saved!r} is not a positive whole number")
+    dist_utils.check_world_size(saved, world_size)
 
 
 def _write_metrics(run: Run, history: list[dict[str, Any]]) -> None:

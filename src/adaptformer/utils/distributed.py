@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -88,6 +89,16 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes, strict=True)])
 
 
+def every_rank(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds on every rank, so all ranks take the same branch (and enter the same
+    collectives); one process answers without a device round-trip."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    failed = torch.tensor([0.0 if ok else 1.0], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.SUM)
+    return failed.item() == 0
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's ``obj`` on every rank."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -105,3 +116,34 @@ def barrier() -> None:
 def shard_indices(n: int, info: DistInfo) -> list[int]:
     """This rank's disjoint share of ``range(n)`` for exact evaluation (no duplicates)."""
     return list(range(info.rank, n, info.world_size))
+
+
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of rank ``rank``'s model randomness (dropout, drop-path) in ``epoch``.
+
+    Ranks share ``--seed`` for everything that must agree (initialisation, the global batch
+    order), but with one shared generator every rank would draw the same dropout and
+    drop-path masks for its slice of the batch, unlike one process with the whole batch. The
+    seed depends on the epoch so a resumed run reseeds each rank exactly as an unbroken one did.
+    """
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def check_world_size(saved: int, current: int) -> None:
+    """Refuse to resume a run with a process count other than the one that started it.
+
+    The peak learning rate scales with the global batch (per-process batch x processes) and
+    each global batch is cut into per-rank slices, so another count would silently train a
+    different run from the checkpoint on.
+    """
+    if saved != current:
+        raise ValueError(
+            f"the run was trained by {_processes(saved)} and this resume has "
+            f"{_processes(current)}: the learning rate and the data order depend on the count, "
+            f"so resume with {saved} (torchrun --nproc_per_node={saved} ... on one machine"
+            f"{'' if saved > 1 else ', or plain `adaptformer train`'}) or start a new --output"
+        )
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
