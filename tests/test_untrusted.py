@@ -440,7 +440,7 @@ def test_http_answers_untrusted_files_and_uploads_with_4xx_json(run, tmp_path, c
     catalog = Catalog.from_registry(af.TaskRegistry(registry))
     good = next((data / "test").rglob("*.png")).read_bytes()
     thin = _thin_png(tmp_path / "thin.png", (1, 200_000)).read_bytes()
-    with TestClient(create_app(catalog, admin_token="t0ken")) as client:
+    with TestClient(create_app(catalog, admin_token="t0ken"), base_url="http://localhost") as client:
         answer = client.put("/v1/tasks/deep", json={"run": str(deep)}, headers=auth)
         assert 400 <= answer.status_code < 500 and "64 deep" in answer.json()["error"]
         for upload, words in ((thin, "at most 20:1"), (EPS, "not a JPEG")):

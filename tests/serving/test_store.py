@@ -637,7 +637,7 @@ def test_serve_skips_a_broken_task_and_says_so(registry, caplog):
     assert set(catalog.skipped) == {"colours"} and "safetensors" in catalog.skipped["colours"]
     lines = [r.getMessage() for r in caplog.records if "colours" in r.getMessage()]
     assert len(lines) == 1 and "skipping task 'colours'" in lines[0] and "\n" not in lines[0]
-    with TestClient(create_app(catalog)) as client:
+    with TestClient(create_app(catalog), base_url="http://localhost") as client:
         health = client.get("/healthz").json()
     assert health["tasks"] == 2 and "colours" in health["skipped"]
 

@@ -56,6 +56,7 @@ from ..adapters.files import (
 )
 from ..adapters.trainable import backbone_fingerprint
 from ..backbones.create import pretrained_backbone
+from ..data.transforms import MAX_IMG_SIZE  # the bound every config shares
 from ..utils.files import (
     MAX_TENSOR_BYTES,
     MAX_TEXT_BYTES,
@@ -74,9 +75,6 @@ INDEX = "registry.json"
 LOCK = "registry.lock"
 FORMAT = "adaptformer-tasks/1"
 TASK_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # every file of a task: all of them change its answers
-# The largest input side a registry may record: ViT-H/14 at 4096 px is 85,000 tokens, beyond any
-# released backbone; 100000 (the example) would ask for tens of GB at the first forward.
-MAX_IMG_SIZE = 4096
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # always fullmatch: "$" would accept a trailing newline
 # These methods change the backbone's own weights, so their tasks cannot share one backbone.
 # Facts of the backbone every task must agree on (normalisation is part of the backbone).
