@@ -453,3 +453,77 @@ def test_http_answers_untrusted_files_and_uploads_with_4xx_json(run, tmp_path, c
         ):
             assert answer.status_code == 400 and "malformed JSON" in answer.json()["error"]
         assert client.post("/v1/predict", files={"image": ("x.png", good)}).status_code == 200
+
+
+# -- adapters that cannot load, overflowing weights, hostile requests (issue items 14-18) ----------
+
+
+def _rewrite_weights(folder: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / WEIGHTS)
+    change(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / WEIGHTS)
+
+
+WEIGHT_DAMAGE = {
+    "an extra tensor": lambda t: t.update({"blocks.0.extra.weight": torch.zeros(2, 2)}),
+    "a missing tensor": lambda t: t.pop(sorted(k for k in t if "up" in k)[0]),
+    "an integer tensor": lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()
+                                             if "down" in k}),
+    "weights of 1e38": lambda t: t.update({k: torch.full_like(v, 1e38) for k, v in t.items()
+                                           if "head" in k}),
+}
+
+
+@pytest.mark.parametrize("damage_name", list(WEIGHT_DAMAGE))
+def test_tasks_add_refuses_what_loading_would_refuse(run, tmp_path, capsys, damage_name):
+    """`tasks add` checks exactly what loading checks; the registry stays byte-identical."""
+    out, _ = run
+    registry = tmp_path / "registry"
+    assert run_cli(capsys, "tasks", "add", "good", out, "--registry", registry)[0] == 0
+    before = (registry / "registry.json").read_bytes()
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    try:
+        _rewrite_weights(bad, WEIGHT_DAMAGE[damage_name])
+    except ValueError:  # safetensors itself refuses to write some damage: nothing to check
+        pytest.skip(f"safetensors cannot write {damage_name}")
+    code, err = run_cli(capsys, "tasks", "add", "bad", bad, "--registry", registry)
+    assert one_line_exit_2(code, err), f"{damage_name} was accepted"
+    reason = {"an extra tensor": "not in model", "a missing tensor": "missing from file",
+              "an integer tensor": "not floating point", "weights of 1e38": "above 10000"}
+    assert reason[damage_name] in err
+    assert (registry / "registry.json").read_bytes() == before
+    assert not (registry / "bad").exists()
+
+
+def test_hostile_requests_get_4xx_json_and_base64_as_printed_works(run, tmp_path, capsys):
+    """A 5,000-digit top_k, an unterminated multipart body and base64 as the `base64` tool
+    prints it (line breaks, no padding stripped or kept): JSON answers, never a 500."""
+    import base64
+
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from adaptformer.serving.app import create_app
+    from adaptformer.serving.catalog import Catalog
+
+    out, data = run
+    registry = tmp_path / "registry"
+    assert run_cli(capsys, "tasks", "add", "good", out, "--registry", registry)[0] == 0
+    good = next((data / "test").rglob("*.png")).read_bytes()
+    catalog = Catalog.from_registry(af.TaskRegistry(registry))
+    with TestClient(create_app(catalog), base_url="http://localhost") as client:
+        r = client.post("/v1/predict", files={"image": ("x.png", good)}, data={"top_k": "9" * 5000})
+        assert r.status_code == 422 and "top_k" in r.json()["error"]
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+                f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + good[:50]
+        r = client.post("/v1/predict", content=body,
+                        headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 400 and "malformed" in r.json()["error"], r.text
+        printed = base64.encodebytes(good).decode()  # 76-column lines, as `base64` prints
+        for text in (printed, printed.replace("\n", "").rstrip("=")):
+            r = client.post("/v1/predict", json={"images": [text]})
+            assert r.status_code == 200, r.text
