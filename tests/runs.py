@@ -45,7 +45,11 @@ def train_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
         "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
         "--dataset", "imagefolder", "--data-root", str(data), "--img-size", "32",
         "--batch-size", "8", "--epochs", "3", "--blr", "1.0",
-        "--workers", "0", "--val-fraction", "0.25", "--output", str(out), *extra,
+        "--workers", "0", "--val-fraction", "0.25", "--output", str(out),
+        # blr 1.0 learns the tiny task in 3 epochs, far past every method's default, and some
+        # presets' loss climbs before it falls: these tests are about mechanics, the guard has
+        # its own (test_train.py, test_engine.py)
+        "--no-divergence-guard", *extra,
     ]  # fmt: skip
 
 

@@ -58,3 +58,21 @@ def test_evaluate_is_exact_across_shards():
     assert full["val_images"] == 7 == sum(p["val_images"] for p in parts)
     correct = sum(p["val_top1"] * p["val_images"] for p in parts) / 7
     assert math.isclose(full["val_top1"], correct)
+
+
+def test_the_divergence_guard_stops_a_climbing_loss_and_spares_one_hard_batch():
+    from adaptformer.training.engine import DivergenceError, DivergenceGuard
+
+    guard = DivergenceGuard("lower --blr (now 0.36)")
+    for step, loss in enumerate([2.3, 2.0, 1.5, 1.2, 9.0, 1.0, 0.9]):  # one hard batch
+        guard.check(loss, 0, step, 1e-3)
+    assert guard.start == 2.3
+    guard = DivergenceGuard("lower --blr (now 0.36)")
+    with pytest.raises(DivergenceError, match=r"diverged at epoch 1 step 2: .* over 3x its start "
+                                              r"2.3 .*lower --blr \(now 0.36\), or pass "
+                                              r"--no-divergence-guard"):  # fmt: skip
+        for step, loss in enumerate([2.3, 12.7, 23.7, 30.0]):  # seen with a linear probe
+            guard.check(loss, 0, step, 0.045)
+    resumed = DivergenceGuard("h", start=2.3)  # the start travels in the checkpoint
+    resumed.check(0.1, 3, 0, 1e-3)
+    assert resumed.start == 2.3
