@@ -221,3 +221,18 @@ def test_allowed_formats_still_load(tmp_path, fmt) -> None:
     Image.new("RGB", (12, 10), (200, 30, 30)).save(path, format=fmt)
     assert check_image(path) is None
     assert load_image(path).size == (12, 10)
+
+
+def test_a_fifo_named_as_an_image_is_unreadable_not_a_hang(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it: an image file must be a regular file
+    (checked before it is opened), in a data folder as on the command line."""
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert "not a regular file (it is a FIFO)" in (check_image(fifo) or "")
+    with pytest.raises(UnreadableImageError, match="pipe.jpg is not a regular file"):
+        load_image(fifo)
+    good = write_image(tmp_path / "good.jpg", 1, size=(16, 16))
+    ok, skipped = scan_images([str(good), str(fifo)])
+    assert ok == [True, False] and skipped == [str(fifo)]

@@ -27,10 +27,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..utils.files import open_regular
+
 _log = logging.getLogger(__name__)
 
 # What PIL raises for bad files: UnidentifiedImageError and "image file is truncated" are
 # OSErrors; some decoders raise SyntaxError, ValueError or struct.error on garbage headers.
+# An image file is read only if it is a regular file of at most this size: a FIFO or a device
+# (/dev/zero) named as an image, or planted in a data folder, would hang or never end the read.
+# 1 GiB is far above any photo; PIL's decompression-bomb limit bounds the pixels separately.
+MAX_IMAGE_BYTES = 2**30
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     SyntaxError,
@@ -102,7 +108,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         UnreadableImageError: the file is missing, not an image, or truncated.
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, MAX_IMAGE_BYTES, "an image file") as f:
             return to_rgb(open_image(f))
     except DECODE_ERRORS as err:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
@@ -127,7 +133,7 @@ def check_image(path: str | os.PathLike) -> str | None:
     stream, so truncation is caught at a fraction of the cost of a full decode.
     """
     try:
-        with open(path, "rb") as f, open_image(f) as img:
+        with open_regular(path, MAX_IMAGE_BYTES, "an image file") as f, open_image(f) as img:
             img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
     except DECODE_ERRORS as err:
