@@ -161,3 +161,21 @@ def test_resume_refuses_a_damaged_checkpoint_in_one_line(interrupted, tmp_path, 
     assert code == 2, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("adaptformer: error:")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dangling link"])
+def test_a_checkpoint_that_is_not_a_file_is_refused_not_trained_over(interrupted, tmp_path,
+                                                                     capsys, kind):  # fmt: skip
+    """Only a missing checkpoint means "start again from scratch"; a FIFO (which would hang
+    the read), a folder or a dangling link in its place is one line, and nothing is written."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted, run)
+    (run / "checkpoint.pt").unlink()
+    {"fifo": lambda p: os.mkfifo(p), "folder": lambda p: p.mkdir(),
+     "dangling link": lambda p: p.symlink_to(tmp_path / "gone")}[kind](run / "checkpoint.pt")
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    code = main(["train", "--resume", "--output", str(run), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint.pt" in err.strip().splitlines()[-1]
+    assert "from scratch" not in err and sorted(p.name for p in run.iterdir()) == before

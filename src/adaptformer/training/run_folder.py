@@ -74,6 +74,10 @@ def prepare_resume(cfg: TrainConfig) -> TrainConfig:
         )
     if (run / CHECKPOINT).is_file():
         read_checkpoint(run / CHECKPOINT)
+    elif (run / CHECKPOINT).exists() or (run / CHECKPOINT).is_symlink():
+        # a folder, FIFO, device or dangling link: not "no checkpoint yet" (that would silently
+        # train again from scratch over whatever the user meant to resume)
+        regular_file_size(run / CHECKPOINT, MAX_TENSOR_BYTES, "a checkpoint written by train")
     else:
         _log.warning("%s has no %s yet: starting the run again from scratch", run, CHECKPOINT)
     saved = TrainConfig.load(run / "config.yaml")
