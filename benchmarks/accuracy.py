@@ -347,7 +347,7 @@ def execute(run: Run, cfg: Any) -> dict[str, Any] | None:
         shutil.rmtree(out)  # started but not one epoch finished: start again
     start = time.time()
     summary = fit(cfg, resume=resume, progress=False)
-    summary.pop("run_folder")  # the folder is known here; summary.json does not name itself
+    summary.pop("run_folder", None)  # the folder is known here; summary.json does not name itself
     summary["seconds"] = time.time() - start
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

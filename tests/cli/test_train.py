@@ -259,7 +259,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(setup, monkeypatch):
 
     monkeypatch.setattr(runner, "train_one_epoch", poisoned)
     args = build_parser().parse_args(train_args(data, ckpt, out))
-    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2 step 0"):
         runner.fit(config_from_args(args), progress=False)
     ckpt_state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt_state["next_epoch"] == 1

@@ -169,7 +169,7 @@ def _run(
         shutil.rmtree(out)
     start = time.time()
     summary = fit(cfg, resume=resume, progress=False)
-    summary.pop("run_folder")  # the folder is known here; summary.json does not name itself
+    summary.pop("run_folder", None)  # the folder is known here; summary.json does not name itself
     summary["seconds"] = summary.get("seconds", time.time() - start)
     atomic_write_text(summary_file, json.dumps(summary, indent=2) + "\n")
     report(f"{label}: top-1 {summary['test_top1']:.1f} ({time.time() - start:.0f} s"
