@@ -29,3 +29,21 @@ def test_a_folder_without_images_is_one_line(trained, capsys, tmp_path):  # noqa
     (tmp_path / "notes.txt").write_text("x")
     code, _, err = cli(capsys, "predict", "--run", str(runs["a"]), str(tmp_path))
     assert code == 2 and f"folder {tmp_path} holds no image files" in err
+
+
+def test_a_run_at_another_image_size_is_refused_for_its_size(trained, capsys):  # noqa: F811
+    """The same backbone file at another --img-size has other weights (resampled position
+    embeddings): the refusal names the size, not only two sha256 prefixes."""
+    import shutil
+
+    root, _, runs = trained
+    reg = str(root / "registry-size")
+    assert cli(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", reg)[0] == 0
+    other = root / "at64"
+    shutil.copytree(runs["b"], other, dirs_exist_ok=True)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["metadata"].update(img_size=64, backbone_sha256="1" * 64)  # as a 64-px run has
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    code, _, err = cli(capsys, "tasks", "add", "b64", str(other), "--registry", reg)
+    assert code == 2
+    assert "it was trained at --img-size 64" in err and "train it again with --img-size 32" in err

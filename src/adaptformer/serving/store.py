@@ -676,6 +676,16 @@ def _check_backbone(
 ) -> None:
     if recorded is None:
         return
+    size, served = record.get("img_size"), recorded.get("img_size")
+    if record["backbone_sha256"] != recorded["backbone_sha256"] and (
+        record["model"] == recorded["model"] and None not in (size, served) and size != served
+    ):  # the position embeddings are resampled to the input size: the size is the cause
+        raise ValueError(
+            f"refusing {run_dir}: it was trained at --img-size {size}, but the registry {root} "
+            f"serves {recorded['model']} at {served} (the backbone's position embeddings are "
+            f"resampled to the input size, so its weights differ): train it again with "
+            f"--img-size {served}, or use another --registry for {size}-px tasks"
+        )
     if record["backbone_sha256"] != recorded["backbone_sha256"]:
         raise ValueError(
             f"refusing {run_dir}: it was trained on backbone {record['model']} "
