@@ -23,6 +23,7 @@ from ..adapters.config import ACTIVATIONS, INITS, METHODS, POSITIONS, AdapterCon
 from ..data.config import DATASETS
 from ..data.transforms import MAX_IMG_SIZE
 from ..utils.files import read_yaml_mapping
+from .trackers import TRACKERS
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
 # The video data set: lists of clips, trained through the video modality (training/video.py).
@@ -212,6 +213,12 @@ class TrainConfig:
     divergence_guard: bool = _f(
         True, "stop a run whose loss climbs past 3x its start (a learning rate too high)"
     )
+    log_to: list[str] = _f(
+        [],
+        "experiment trackers that also get the config, per-step loss/lr and per-epoch metrics: "
+        "tensorboard, mlflow, wandb (several allowed; pip install 'adaptformer[trackers]')",
+        choices=list(TRACKERS),
+    )
     # run
     seed: int = _f(0, "random seed (data subset, init, order, augmentation)")
     output: str | None = _f(None, "run folder (default runs/<dataset>-<method>-<time>)")
@@ -244,6 +251,9 @@ class TrainConfig:
                 yield f"{name} {value} is too large: at most {limit}"
 
     def _problems(self):
+        unknown = [t for t in self.log_to if t not in TRACKERS]
+        if unknown:
+            yield f"--log-to {' '.join(unknown)}: choose from {', '.join(TRACKERS)}"
         positive = (
             "img_size",
             "epochs",
@@ -424,8 +434,13 @@ def _type_problem(name: str, value: Any, hint: Any) -> str | None:
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if any(_fits(value, kind) for kind in kinds):
         return None
-    wanted = " or ".join(_TYPE_NAMES.get(k, "a list of whole numbers") for k in kinds)
+    wanted = " or ".join(_TYPE_NAMES.get(k, _list_name(k)) for k in kinds)
     return f"{name} must be {wanted}, got {reprlib.repr(value)}"
+
+
+def _list_name(kind: Any) -> str:
+    (item,) = typing.get_args(kind) or (int,)
+    return f"a list of {'whole numbers' if item is int else 'names'}"
 
 
 def _fits(value: Any, kind: Any) -> bool:
@@ -435,6 +450,7 @@ def _fits(value: Any, kind: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
         return _fits(value, int) or (isinstance(value, float) and math.isfinite(value))
-    if typing.get_origin(kind) is list:  # list[int]: block indices
-        return isinstance(value, list) and all(_fits(v, int) for v in value)
+    if typing.get_origin(kind) is list:  # list[int]: block indices; list[str]: trackers
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
     raise TypeError(f"TrainConfig option type {kind!r} has no check: add one to _fits")

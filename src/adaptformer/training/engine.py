@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -148,9 +148,10 @@ def train_one_epoch(
     max_steps: int | None = None,
     progress: bool = True,
     guard: DivergenceGuard | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss, last and highest lr, and images/s, over all
-    processes. ``guard`` (if given) stops a diverging run.
+    processes. ``guard`` (if given) stops a diverging run; ``on_step`` gets every step's loss.
 
     A batch of ``None`` (the video collate dropped every clip of it) is skipped by *every* rank
     together: under DDP each step is a set of collectives (the loss check, the gradient
@@ -193,6 +194,8 @@ def train_one_epoch(
                 )
             if guard is not None:
                 guard.check(loss_sum_ranks / ranks, epoch, i, lr)  # the same on every rank
+            if on_step is not None:  # (batch index in the epoch, mean loss over ranks, lr)
+                on_step(i, loss_sum_ranks / ranks, lr)
             (scaler.scale(loss / accum_steps) if scaler else loss / accum_steps).backward()
             pending = True
             loss_sum += loss.detach() * x.shape[0]

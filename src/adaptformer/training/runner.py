@@ -8,6 +8,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from .run_folder import (
     read_checkpoint,
     state_problems,
 )
+from .trackers import Trackers, check_available
 
 _log = logging.getLogger(__name__)
 
@@ -164,6 +166,8 @@ def _fit(
     except TypeError as e:  # an architecture AdaptFormer cannot adapt: the user's choice
         raise ValueError(f"--model {cfg.model}: {e}") from e
     counts = mark_trainable(model, cfg.method)  # logs the counts
+    if info.is_main:
+        check_available(cfg.log_to)  # a missing tracker package fails before anything is written
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -212,8 +216,9 @@ def _train(
     steps = loader_steps(cfg, sampler)
     _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps // cfg.accum_steps))
 
+    trackers = Trackers(cfg.log_to if info.is_main else [], run.out, cfg.to_dict())
     # One process: the first Ctrl-C stops before the next step (torchrun handles DDP's).
-    with DeferredInterrupt(enabled=not info.enabled) as interrupt:
+    with contextlib.closing(trackers), DeferredInterrupt(enabled=not info.enabled) as interrupt:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
@@ -234,6 +239,7 @@ def _train(
             row |= train_one_epoch(
                 ddp, loader, optimizer, schedule, epoch, device, cfg.precision, cfg.accum_steps,
                 cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress, guard,
+                lambda i, loss, lr, base=epoch * steps: trackers.step(base + i, loss, lr),
             )  # fmt: skip
             interrupt.check()
             if run.data.val is not None:
@@ -251,13 +257,16 @@ def _train(
                 cfg.epochs,
                 ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
             )
+            trackers.epoch(epoch + 1, row)
             if info.is_main:
                 _write_metrics(run, history)
                 _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best,
                                  guard.start if guard else None)  # fmt: skip
             dist_utils.barrier()
             interrupt.check()
-    return _finish(run, counts, history, best, progress)
+        summary = _finish(run, counts, history, best, progress)
+        trackers.epoch(cfg.epochs, {k: v for k, v in summary.items() if k.startswith("test_")})
+    return summary
 
 
 def plan_schedule(cfg: TrainConfig, info: dist_utils.DistInfo) -> tuple[int, Schedule]:
