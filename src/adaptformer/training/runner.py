@@ -218,52 +218,54 @@ def _train(
 
     trackers = Trackers(cfg.log_to if info.is_main else [], run.out, cfg.to_dict())
     # One process: the first Ctrl-C stops before the next step (torchrun handles DDP's).
-    with contextlib.closing(trackers), DeferredInterrupt(enabled=not info.enabled) as interrupt:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
-                seed_everything(dist_utils.rank_seed(cfg.seed, info.rank, epoch))
-            loader = DataLoader(
-                SeededDraws(run.data.train),  # augmentation independent of workers and ranks
-                batch_sampler=SeededBatches(sampler, cfg.seed),
-                num_workers=cfg.workers,
-                generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
-                pin_memory=device.type == "cuda",
-                collate_fn=run.modality.collate(),
-            )
-            if epoch == start_epoch and info.is_main:  # say what the run costs a few steps in
-                loader = EtaLoader(loader, steps, cfg.epochs - start_epoch, info.world_size)
-            loader = interrupt.steps(loader)  # Ctrl-C takes effect before a step, never inside
-            t0 = time.time()
-            row: dict[str, Any] = {"epoch": epoch}
-            row |= train_one_epoch(
-                ddp, loader, optimizer, schedule, epoch, device, cfg.precision, cfg.accum_steps,
-                cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress, guard,
-                lambda i, loss, lr, base=epoch * steps: trackers.step(base + i, loss, lr),
-            )  # fmt: skip
-            interrupt.check()
-            if run.data.val is not None:
-                row |= run.evaluate(ddp, run.data.val, "val", progress)
-            if cfg.test_every_epoch:
-                row |= run.evaluate(ddp, run.data.test, "test", progress)
-            row["seconds"] = time.time() - t0
-            score, loss = row.get("val_top1", row.get("val_mAP")), row.get("val_loss")
-            if improves(score, loss, best):
-                best = {"score": score, "loss": loss, "epoch": epoch, "state": _task_state(model)}
-            history.append(row)
-            _log.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                cfg.epochs,
-                ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
-            )
-            trackers.epoch(epoch + 1, row)
-            if info.is_main:
-                _write_metrics(run, history)
-                _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best,
-                                 guard.start if guard else None)  # fmt: skip
-            dist_utils.barrier()
-            interrupt.check()
+    with contextlib.closing(trackers):
+        with DeferredInterrupt(enabled=not info.enabled) as interrupt:
+            for epoch in range(start_epoch, cfg.epochs):
+                sampler.set_epoch(epoch)
+                if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
+                    seed_everything(dist_utils.rank_seed(cfg.seed, info.rank, epoch))
+                loader = DataLoader(
+                    SeededDraws(run.data.train),  # augmentation independent of workers and ranks
+                    batch_sampler=SeededBatches(sampler, cfg.seed),
+                    num_workers=cfg.workers,
+                    generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+                    pin_memory=device.type == "cuda",
+                    collate_fn=run.modality.collate(),
+                )
+                if epoch == start_epoch and info.is_main:  # say what the run costs a few steps in
+                    loader = EtaLoader(loader, steps, cfg.epochs - start_epoch, info.world_size)
+                loader = interrupt.steps(loader)  # Ctrl-C takes effect before a step, never inside
+                t0 = time.time()
+                row: dict[str, Any] = {"epoch": epoch}
+                row |= train_one_epoch(
+                    ddp, loader, optimizer, schedule, epoch, device, cfg.precision, cfg.accum_steps,
+                    cfg.label_smoothing, cfg.clip_grad, scaler, cfg.max_steps_per_epoch, progress, guard,
+                    lambda i, loss, lr, base=epoch * steps: trackers.step(base + i, loss, lr),
+                )  # fmt: skip
+                interrupt.check()
+                if run.data.val is not None:
+                    row |= run.evaluate(ddp, run.data.val, "val", progress)
+                if cfg.test_every_epoch:
+                    row |= run.evaluate(ddp, run.data.test, "test", progress)
+                row["seconds"] = time.time() - t0
+                score, loss = row.get("val_top1", row.get("val_mAP")), row.get("val_loss")
+                if improves(score, loss, best):
+                    best = {"score": score, "loss": loss, "epoch": epoch, "state": _task_state(model)}
+                history.append(row)
+                _log.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    cfg.epochs,
+                    ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+                )
+                trackers.epoch(epoch + 1, row)
+                if info.is_main:
+                    _write_metrics(run, history)
+                    _save_checkpoint(run, optimizer, scaler, epoch + 1, history, best,
+                                     guard.start if guard else None)  # fmt: skip
+                dist_utils.barrier()
+                interrupt.check()
+        # the test score: Ctrl-C here stops at once (the checkpoint holds every epoch)
         summary = _finish(run, counts, history, best, progress)
         trackers.epoch(cfg.epochs, {k: v for k, v in summary.items() if k.startswith("test_")})
     return summary
