@@ -7,7 +7,6 @@ untrusted request parts into checked values or a 4xx ``HTTPException`` naming th
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from typing import Any
 
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..utils.files import loads_json
 from .catalog import ALL
 from .store import check_name
 
@@ -213,23 +213,13 @@ MAX_NUMBER_DIGITS = 100
 
 
 def parse_json_body(raw: bytes) -> Any:
-    """A JSON request body, or a 400 naming what is wrong with it.
-
-    Numbers longer than :data:`MAX_NUMBER_DIGITS` digits and nesting deeper than Python's
-    recursion limit are refused here, with a message of ours: ``json`` would raise advice about
-    ``sys.set_int_max_str_digits``, or a ``RecursionError`` (a 500).
-    """
-
-    def bounded_int(text: str) -> int:
-        if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
-            raise ValueError(f"a number of {len(text.lstrip('-')):,} digits is too long")
-        return int(text)
-
+    """A JSON request body, or a 400 naming what is wrong with it: read by the same reader as
+    every JSON file (:func:`adaptformer.utils.files.loads_json`: nesting at most 64 deep), with
+    numbers bounded at :data:`MAX_NUMBER_DIGITS` digits (``json`` would otherwise raise advice
+    about ``sys.set_int_max_str_digits``)."""
     try:
-        return json.loads(raw, parse_int=bounded_int)
-    except RecursionError:
-        raise HTTPException(400, "malformed JSON body: it is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as err:
+        return loads_json(raw, "it", max_digits=MAX_NUMBER_DIGITS)
+    except ValueError as err:
         raise HTTPException(400, f"malformed JSON body: {str(err)[:200]}") from err
 
 
