@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import loads_json
+from ..utils.files import MAX_TEXT_BYTES, loads_json, read_regular_bytes
 from .plots import plot_comparison
 
-# summary.json and metrics.jsonl of a real run are a few KiB; a 100,000-epoch run stays below.
-MAX_FILE_BYTES = 16 * 2**20
 _NUMBERS = ("trainable_params", "trainable_percent", "artifact_bytes", "val_top1", "val_mAP",
             "test_top1", "test_mAP", "train_images_per_s")  # fmt: skip
 _ROW_NUMBERS = ("val_top1", "val_mAP", "val_loss", "seconds")  # what the plot and table read
@@ -39,15 +37,17 @@ class RunRecord:
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():  # missing, a folder, a FIFO or a device
+    """A run file's text, read by the shared regular-file reader (a FIFO or device never
+    blocks it), with a hint at what is wrong when it is missing."""
+    try:
+        raw = read_regular_bytes(path, MAX_TEXT_BYTES, "a file `adaptformer train` writes")
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} is missing or not a regular file: is {path.parent} a finished run folder "
             "(`adaptformer train` writes it at the end)?"
-        )
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is over {MAX_FILE_BYTES // 2**20} MiB; a run writes a few KiB")
+        ) from None
     try:
-        return path.read_text()
+        return raw.decode()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not text; it should be written by `adaptformer train`") from None
 
