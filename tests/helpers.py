@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
@@ -45,3 +49,28 @@ def randomize_(module: torch.nn.Module, std: float = 0.05) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, std)
+
+
+def refusal_without_hanging(call: Callable[[], object], fifo: Path, what: str) -> ValueError:
+    """The ``ValueError`` ``call`` raises on meeting ``fifo``, a FIFO where a file should be;
+    fails the test if ``call`` returns, or still blocks after 60 s (a reader that opened the
+    FIFO waits for a writer: the FIFO is then opened for writing so the test run can end)."""
+    import threading
+
+    errors: list[ValueError] = []
+
+    def run() -> None:
+        try:
+            call()
+        except ValueError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        with open(fifo, "wb"):
+            pass
+        pytest.fail(f"{what} hung on a FIFO")
+    assert errors, f"{what} accepted a FIFO"
+    return errors[0]

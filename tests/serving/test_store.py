@@ -10,7 +10,7 @@ import torch
 import adaptformer as af
 from adaptformer.adapters.trainable import backbone_fingerprint
 
-from ..helpers import tiny_vit
+from ..helpers import refusal_without_hanging, tiny_vit
 from .conftest import TASKS
 
 
@@ -427,7 +427,6 @@ def test_an_add_is_not_refused_for_a_broken_task_elsewhere(tmp_path, runs):
 def test_a_fifo_in_a_run_folder_is_refused_without_hanging(tmp_path, runs):
     import os
     import shutil
-    import threading
 
     _, a, _ = runs
     run = tmp_path / "fifo_run"
@@ -435,22 +434,9 @@ def test_a_fifo_in_a_run_folder_is_refused_without_hanging(tmp_path, runs):
     (run / "adapter_model.safetensors").unlink()
     os.mkfifo(run / "adapter_model.safetensors")
     reg = af.TaskRegistry(tmp_path / "reg")
-    errors = []
-
-    def add():
-        try:
-            reg.add("f", run)
-        except ValueError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=add)
-    t.start()
-    t.join(timeout=60)
-    if t.is_alive():  # unblock the reader so the test run can end, then fail
-        with open(run / "adapter_model.safetensors", "wb"):
-            pass
-        pytest.fail("adding a run with a FIFO hung")
-    assert "not a regular file" in str(errors[0])
+    error = refusal_without_hanging(lambda: reg.add("f", run), run / "adapter_model.safetensors",
+                                    "adding a run")  # fmt: skip
+    assert "not a regular file" in str(error)
 
 
 def _write_index(reg, edit):
@@ -598,29 +584,15 @@ def test_a_task_version_covers_its_config_too(tmp_path, registry, task_runs):
 def test_a_fifo_put_is_refused_without_hanging(tmp_path, registry, task_runs):
     import os
     import shutil
-    import threading
 
     catalog = _catalog(registry)
     run = tmp_path / "fifo"
     shutil.copytree(task_runs["shapes_v2"], run)
     (run / "adapter_model.safetensors").unlink()
     os.mkfifo(run / "adapter_model.safetensors")
-    errors = []
-
-    def put():
-        try:
-            catalog.put("fifo", run)
-        except ValueError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=put, daemon=True)
-    t.start()
-    t.join(timeout=60)
-    if t.is_alive():
-        with open(run / "adapter_model.safetensors", "wb"):
-            pass
-        pytest.fail("a PUT of a run with a FIFO hung")
-    assert errors and "not a regular file" in str(errors[0])
+    error = refusal_without_hanging(lambda: catalog.put("fifo", run),
+                                    run / "adapter_model.safetensors", "a PUT of a run")  # fmt: skip
+    assert "not a regular file" in str(error)
 
 
 def test_serve_skips_a_broken_task_and_says_so(registry, caplog):
