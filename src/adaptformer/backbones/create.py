@@ -261,7 +261,7 @@ def create_backbone(
             ) from e
         raise
     if img_size is not None:
-        check_img_size(model, img_size)
+        check_whole_patches(model, img_size)
     if checkpoint is not None:
         load_backbone_weights(model, read_state_dict(checkpoint), source=f"checkpoint {checkpoint}")
     elif not pretrained:
@@ -269,7 +269,7 @@ def create_backbone(
     return model
 
 
-def check_img_size(model: nn.Module, img_size: int) -> None:
+def check_whole_patches(model: nn.Module, img_size: int) -> None:
     """Refuse an input size that is not a whole number of patches: the patch embedding would
     silently drop the remainder (100 px with 14-px patches runs at 98)."""
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)

@@ -61,8 +61,10 @@ class DivergenceGuard:
     def check(self, loss: float, epoch: int, step: int, lr: float) -> None:
         if self.start is None:
             self.start = loss
-        self._ema = loss if self._ema is None else self.smoothing * self._ema + (1 - self.smoothing) * loss
-        if self.start is not None and self.start > 0 and self._ema > self.factor * self.start:
+        if self._ema is None:
+            self._ema = loss
+        self._ema = self.smoothing * self._ema + (1 - self.smoothing) * loss
+        if self.start > 0 and self._ema > self.factor * self.start:
             raise DivergenceError(
                 f"diverged at epoch {epoch + 1} step {step}: the loss (moving average) reached "
                 f"{self._ema:.3g}, over {self.factor:g}x its start {self.start:.3g} (lr {lr:.3g}); "
@@ -220,7 +222,7 @@ def train_one_epoch(
     if skipped:
         _log.warning(
             "epoch %d: skipped %d of %d steps on every process because a process's whole batch "
-            "was dropped (unreadable clips)", epoch, skipped, steps,
+            "was dropped (unreadable clips)", epoch + 1, skipped, steps,
         )  # fmt: skip
     seconds = time.perf_counter() - start
     # over all ranks: the mean loss of every image, and the whole job's throughput
