@@ -26,8 +26,7 @@ from ..utils.errors import UserFacingError
 
 _log = logging.getLogger(__name__)
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
-_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # each also the name of its Python package
 
 
 class Tracker(Protocol):
@@ -118,11 +117,11 @@ def check_available(names: list[str]) -> None:
     """A one-line error for a requested tracker whose package is missing (before training)."""
     for name in names:
         try:
-            importlib.import_module(_PACKAGES[name])
+            importlib.import_module(name)
         except ImportError:
             raise UserFacingError(
-                f"--log-to {name} needs the {_PACKAGES[name]} package: "
-                f"pip install 'adaptformer[trackers]' (or pip install {_PACKAGES[name]})"
+                f"--log-to {name} needs the {name} package: "
+                f"pip install 'adaptformer[trackers]' (or pip install {name})"
             ) from None
 
 
