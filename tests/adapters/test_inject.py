@@ -134,7 +134,7 @@ def test_unsupported_block_raises_type_error():
     model = tiny_vit(block_fn=ResPostBlock)
     with pytest.raises(TypeError, match="ResPostBlock"):
         af.inject(model)
-    with pytest.raises(TypeError, match="no `blocks`"):
+    with pytest.raises(TypeError, match="Linear has no transformer blocks"):
         af.inject(torch.nn.Linear(2, 2))
 
 
@@ -178,11 +178,17 @@ def test_inject_checks_layers_against_depth():
         af.inject(tiny_vit(), af.AdapterConfig(layers=[4]))
 
 
-def test_blocks_are_wrapped_not_subclassed():
+def test_blocks_keep_their_class_and_keys_and_go_back_on_failure():
+    """A block is switched to an adapted subclass of its own class in place: same object, same
+    backbone keys, timm's helpers still see a ``Block``; the forward is the adapted one."""
     model = tiny_vit()
+    before = list(model.blocks)
+    keys = set(model.state_dict())
     af.inject(model)
-    assert all(isinstance(b, AdaptedBlock) for b in model.blocks)
-    assert not isinstance(model.blocks[0], Block)
+    assert all(isinstance(b, AdaptedBlock) and isinstance(b, Block) for b in model.blocks)
+    assert [id(b) for b in model.blocks] == [id(b) for b in before]
+    assert type(model.blocks[0]).forward is AdaptedBlock.forward
+    assert keys - {"head.weight", "head.bias"} <= set(model.state_dict())
 
 
 # -- item 20 of issue #24: inject is all-or-nothing -------------------------------------------

@@ -30,11 +30,16 @@ from ..utils.files import (
 from ..utils.state_dicts import clip, key_shape_problems
 from .config import AdapterConfig, is_finite_number, method_rule
 from .inject import (
+    active_head,
     adapter_pieces,
     adapter_state,
+    block_widths,
     delete_adapter,
     get_head,
+    head_width,
     inject,
+    model_family,
+    put_head,
     set_adapter,
     unwrap,
 )
@@ -55,11 +60,16 @@ MAX_ABS_WEIGHT = 1e4
 
 def _backbone_info(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
+    family = model_family(model)
+    widths = block_widths(model)
     return {
         "architecture": cfg.get("architecture", type(model).__name__),
-        "embed_dim": int(getattr(model, "embed_dim", model.num_features)),
-        "depth": len(model.blocks),
-        "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0)),
+        "family": family.name,
+        "embed_dim": widths[0],
+        "depth": len(widths),
+        "widths": widths,
+        "head_dim": head_width(model),
+        "num_prefix_tokens": family.prefix_tokens(model),
     }
 
 
@@ -213,38 +223,60 @@ def read_adapter_files(directory: str | Path) -> tuple[dict[str, Any], dict[str,
 
 def loadable_problems(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[str]:
     """What :func:`load_adapter` would refuse in these (checked) files, found without the
-    backbone: the config is injected into a stand-in ViT of the width, depth and prefix tokens
-    the file records, built on the ``meta`` device (no memory, no weights), and the file's
-    tensors are compared with what it expects: missing and extra keys, shapes, integer vs.
-    float. ``backbone.*`` tensors (parameters the checkpoint lacked, e.g. a video time
-    embedding) depend on the real backbone and are compared when the task is loaded.
+    backbone: the config is injected into a stand-in transformer with the block widths, head
+    width and prefix tokens the file records, built on the ``meta`` device (no memory, no
+    weights), and the file's tensors are compared with what it expects: missing and extra keys,
+    shapes, integer vs. float. ``backbone.*`` tensors (parameters the checkpoint lacked, e.g. a
+    video time embedding) depend on the real backbone and are compared when the task is loaded.
     """
     recorded = info.get("backbone", {})
     dims = {k: recorded.get(k) for k in ("embed_dim", "depth", "num_prefix_tokens")}
     bad = [k for k in ("embed_dim", "depth") if not is_count(dims[k]) or not 0 < dims[k] <= 16384]
     if bad or not is_count(dims["num_prefix_tokens"]) or dims["num_prefix_tokens"] > 64:
         return [f"its backbone record {dims} is not a width, depth and prefix-token count"]
+    widths = recorded.get("widths", [dims["embed_dim"]] * dims["depth"])
+    head_dim = recorded.get("head_dim", widths[-1] if isinstance(widths, list) and widths else 0)
+    if (
+        not isinstance(widths, list)
+        or len(widths) != dims["depth"]
+        or not all(is_count(w) and 0 < w <= 16384 for w in widths)
+        or not is_count(head_dim)
+        or not 0 < head_dim <= 16384
+    ):
+        return [f"its backbone record's widths {widths!r} do not fit depth {dims['depth']}"]
     config = AdapterConfig.from_dict(info["config"])
     try:
-        expected = _stand_in_tensors(config, info["num_classes"], **dims)
+        expected = _stand_in_tensors(
+            config, info["num_classes"], widths, head_dim, dims["num_prefix_tokens"]
+        )
     except Exception as e:
         return [f"its config does not fit its backbone record ({first_line(e)})"]
     own = {k: t for k, t in tensors.items() if not k.startswith("backbone.")}
     return _mismatches(own, expected)
 
 
-def _stand_in_tensors(
-    config: AdapterConfig, num_classes: int, embed_dim: int, depth: int, num_prefix_tokens: int
-) -> dict[str, torch.Tensor]:
-    from timm.models.vision_transformer import VisionTransformer
+class _StandIn(nn.Module):
+    """Blocks of the recorded widths and a head: all a task file's shapes depend on."""
 
+    def __init__(self, widths: list[int], head_dim: int, num_prefix_tokens: int) -> None:
+        from timm.models.vision_transformer import Block
+
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(w, num_heads=1, mlp_ratio=1.0) for w in widths)
+        self.num_features = head_dim
+        self.num_prefix_tokens = num_prefix_tokens
+        self.head = nn.Identity()
+
+
+def _stand_in_tensors(
+    config: AdapterConfig,
+    num_classes: int,
+    widths: list[int],
+    head_dim: int,
+    num_prefix_tokens: int,
+) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        model = VisionTransformer(
-            img_size=16, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=1,
-            mlp_ratio=1.0, num_classes=0, class_token=num_prefix_tokens > 0,
-            reg_tokens=max(num_prefix_tokens - 1, 0), no_embed_class=True,
-            global_pool="token" if num_prefix_tokens > 0 else "avg",
-        )  # fmt: skip
+        model = _StandIn(widths, head_dim, num_prefix_tokens)
         inject(model, config, name="t", num_classes=num_classes)
         expected = adapter_tensors(model, "t")
     return {k: t for k, t in expected.items() if not k.startswith("backbone.")}
@@ -332,7 +364,7 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     if not injected:
         _refuse_other_config(existing.configs[name], config, name, directory)
     _refuse_shared_backbone_change(existing, config, name, directory)
-    head_before, active_before = model.head, existing.active if existing else None
+    head_before, active_before = active_head(model), existing.active if existing else None
     if injected:
         inject(model, config, name=name, num_classes=info["num_classes"])
     else:
@@ -343,7 +375,7 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         if injected:  # leave the model as it was
             delete_adapter(model, name)
             if active_before is None:
-                model.head = head_before
+                put_head(model, head_before)
         if active_before is not None:
             set_adapter(model, active_before)
         stored, here = info["backbone"], _backbone_info(model)

@@ -90,6 +90,11 @@ class LoRALinear(nn.Linear):
 
     It takes over the original layer's ``weight`` and ``bias`` Parameters under the same names,
     so backbone checkpoint keys (``...attn.qkv.weight``) do not change when LoRA is added.
+
+    Families that keep q, k and v as three Linears get three ``LoRALinear``s that
+    :meth:`share` one update: the first (the owner) holds ``A`` (r x d) and ``B`` (3d x r), and
+    each layer adds its own rows of ``B A x``. That is exactly LoRA on the fused ``qkv`` matrix,
+    so a task file holds the same tensors for both layouts.
     """
 
     # Set only while a mixed-task batch runs (``adaptformer.adapters.routing.routed``): each row then gets
@@ -105,12 +110,34 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_scaling: dict[str, float] = {}
+        self.lora_rows = self.out_features  # rows of B: the fused output of every sharer
         self.active_adapter: str | None = None
         self.adapters_enabled = True
+        self._rows: tuple[int, int] | None = None  # this layer's rows of the owner's B
+        self._owner_ref: list[LoRALinear] = []  # a list, so the owner is not a submodule
+
+    @property
+    def owner(self) -> LoRALinear:
+        """The layer holding the ``A``/``B`` this layer's update comes from (often itself)."""
+        return self._owner_ref[0] if self._owner_ref else self
+
+    def share(self, owner: LoRALinear, start: int) -> None:
+        """Take this layer's update from rows ``start:start+out_features`` of ``owner``'s."""
+        if owner is not self:
+            self._owner_ref = [owner]
+        self._rows = (start, start + self.out_features)
+
+    def owns(self, name: str) -> bool:
+        """Whether this layer holds task ``name``'s ``A`` and ``B`` (its sharers do not)."""
+        return self.owner is self and name in self.lora_A
+
+    def has(self, name: str) -> bool:
+        """Whether task ``name`` changes this layer's output."""
+        return name in self.owner.lora_A
 
     def add(self, name: str, rank: int, alpha: float) -> None:
         self.lora_A[name] = nn.Linear(self.in_features, rank, bias=False)
-        self.lora_B[name] = nn.Linear(rank, self.out_features, bias=False)
+        self.lora_B[name] = nn.Linear(rank, self.lora_rows, bias=False)
         nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B[name].weight)  # zero update at init, as in the LoRA paper
         self.lora_scaling[name] = alpha / rank
@@ -121,14 +148,22 @@ class LoRALinear(nn.Linear):
             del self.lora_A[name], self.lora_B[name]
             self.lora_scaling.pop(name)
 
+    def update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Task ``name``'s low-rank update of this layer's output for input ``x``."""
+        owner = self.owner
+        b = owner.lora_B[name].weight
+        if self._rows is not None and (self._rows[0] or self._rows[1] != b.shape[0]):
+            b = b[self._rows[0] : self._rows[1]]
+        return F.linear(owner.lora_A[name](x), b) * owner.lora_scaling[name]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         if self.routing is not None:
             delta = self.routing.lora_delta(self, x)
             return out if delta is None else out + delta
         name = self.active_adapter
-        if self.adapters_enabled and name is not None and name in self.lora_A:
-            out = out + self.lora_B[name](self.lora_A[name](x)) * self.lora_scaling[name]
+        if self.adapters_enabled and name is not None and self.has(name):
+            out = out + self.update(name, x)
         return out
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,20 +67,23 @@ class TaskRouting:
         """Each row's own LoRA update ``B(A(x)) * alpha / r`` (None if no task has one here)."""
         if not layer.adapters_enabled:
             return None
-        fns = {
-            t: functools.partial(_lora_update, layer, t) for t in self.names if t in layer.lora_A
-        }
+        fns = {t: functools.partial(layer.update, t) for t in self.names if layer.has(t)}
         return self.apply(fns, x) if fns else None
 
     def block_forward(
         self,
         block: AdaptedBlock,
         x: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """``AdaptedBlock.forward`` with each row's own prompts and AdaptMLP."""
-        if attn_mask is not None or is_causal:
+        """``AdaptedBlock.forward`` with each row's own prompts and AdaptMLP.
+
+        ``args``/``kwargs`` are what the model passed to the block (RoPE, a relative-position
+        bias); a caller's attention mask or causal flag is refused.
+        """
+        kwargs = dict(kwargs or {})
+        if kwargs.get("attn_mask") is not None or kwargs.get("is_causal"):
             raise ValueError(
                 "mixed-task batches do not support attn_mask or causal attention; run the tasks "
                 "one at a time with set_adapter() for masked inputs"
@@ -104,16 +108,21 @@ class TaskRouting:
             temp = prompts.shape[1]
             valid = deep_valid if valid is None else torch.cat([deep_valid, valid], dim=1)
             full = full and deep_full
-        kwargs = {}
         if valid is not None and not full:
-            kwargs["attn_mask"] = _key_padding_bias(valid, n, x)
+            if block.family.mask_kwarg is None:
+                raise ValueError(
+                    f"{block.family.name} attention takes no attention mask, so prompt tasks "
+                    "with different prompt counts cannot share a batch; run them one at a time"
+                )
+            kwargs[block.family.mask_kwarg] = _key_padding_bias(valid, n, x)
         adapters = {t: block.adapters_of(t) for t in names}
 
         def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
             fns = {t: a for t, mods in adapters.items() for a in mods if a.reads == point}
             return self.apply(fns, src) if fns else None  # each row its own task's adapter
 
-        x = block.residual(x, delta, kwargs)
+        with block.prompt_scope(x, args, kwargs):
+            x = block.residual(x, delta, *args, **kwargs)
         if temp:
             x = torch.cat([x[:, :n], x[:, n + temp :]], dim=1)
         dropped = {t for t in names if t in block.drop_prompts_after} & self._kept_tasks
@@ -206,10 +215,6 @@ class MaskedRouting(TaskRouting):
             mask = self._masks[t].view(-1, *[1] * fill.dim())
             out = torch.where(mask, v.to(fill.dtype), out)
         return out
-
-
-def _lora_update(layer: LoRALinear, name: str, x: torch.Tensor) -> torch.Tensor:
-    return layer.lora_B[name](layer.lora_A[name](x)) * layer.lora_scaling[name]
 
 
 def _key_padding_bias(valid: torch.Tensor, prefix: int, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .config import method_rule
-from .inject import adapter_pieces, adapter_state, unwrap
+from .inject import active_head, adapter_pieces, adapter_state, unwrap
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _task_parameter_ids(model: nn.Module) -> set[int]:
     """Ids of every parameter that belongs to some task (adapters and heads), not the backbone."""
     state = adapter_state(model)
     ids = {id(p) for name in state.configs for p in adapter_parameters(model, name).values()}
-    ids |= {id(p) for p in model.head.parameters()}
+    ids |= {id(p) for p in active_head(model).parameters()}
     if hasattr(model, "task_heads"):
         ids |= {id(p) for p in model.task_heads.parameters()}
     return ids
@@ -106,7 +106,7 @@ def trainable_parameters(
     name = name or state.active
     if name != state.active:
         raise ValueError(f"task {name!r} is not active; call set_adapter(model, {name!r}) first")
-    head = list(model.head.parameters()) + list(fresh_parameters(model).values())
+    head = list(active_head(model).parameters()) + list(fresh_parameters(model).values())
     if rule.adds_modules:
         own = list(adapter_parameters(model, name).values())
         if not own:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.inject import _head_dim, adapter_state, get_head, set_adapter, unwrap
+from ..adapters.inject import adapter_state, get_head, head_width, set_adapter, unwrap
 from ..adapters.routing import MaskedRouting, routed
 from ..utils.errors import UserFacingError
 from ..utils.files import atomic_path
@@ -79,7 +79,7 @@ class TaskIndexedModel(nn.Module):
 def task_widths(model: nn.Module, names: Sequence[str]) -> list[int]:
     """Output width of each task's head (its classes; features for a head-less task)."""
     state = adapter_state(model)
-    return [state.num_classes[t] or _head_dim(model) for t in names]
+    return [state.num_classes[t] or head_width(model) for t in names]
 
 
 @dataclass(frozen=True)
