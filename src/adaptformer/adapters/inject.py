@@ -148,13 +148,13 @@ class AdaptedBlock(nn.Module):
         return self.family.output(x, self)
 
 
-_ADAPTED_CLASSES: dict[tuple[type[nn.Module], str], type[AdaptedBlock]] = {}
+_ADAPTED_CLASSES: dict[tuple[type[nn.Module], BlockFamily], type[AdaptedBlock]] = {}
 
 
 def adapted_class(cls: type[nn.Module], family: BlockFamily) -> type[AdaptedBlock]:
     """``Adapted<cls>``: ``cls`` with the adapter points of :class:`AdaptedBlock` (made once,
     kept in this module's namespace so pickling a model finds it by name)."""
-    key = (cls, family.name)
+    key = (cls, family)
     if key not in _ADAPTED_CLASSES:
         name = f"Adapted{cls.__name__}_{family.name.replace('-', '_')}"
         while name in globals() and globals()[name] is not None:

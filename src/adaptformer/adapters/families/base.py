@@ -86,7 +86,7 @@ class BlockFamily:
         from ..inject import AdaptedBlock  # the adapted subclass of an accepted block
 
         if isinstance(block, AdaptedBlock):
-            return block.family is self
+            return block.family == self
         return any(
             isinstance(block, t) and type(block).forward is t.forward for t in self.block_types
         )
