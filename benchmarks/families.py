@@ -1,0 +1,399 @@
+"""Which method works with which transformer family, found by running it; and each family's
+training-step speed.
+
+``--sections matrix``: for every registered family (one small timm configuration each, random
+weights saved as a local checkpoint, as a user without network would have) and every method,
+each feature is run for real and its cell says what happened:
+
+- ``inject``: ``af.inject`` (a refusal is shown with its one-line reason);
+- ``train``: one AdamW step on a batch; the loss is finite and only the method's parameters move;
+- ``task file``: ``save_adapter`` then ``load_adapter`` under another name into a fresh backbone
+  gives the same logits;
+- ``mixed``: ``af.forward_tasks`` on a batch mixing this task with an AdaptFormer task equals
+  each task run alone (1e-4);
+- ``onnx`` / ``torchscript``: ``export_model`` with its own verification against PyTorch;
+- ``serve``: the task registered in a ``TaskRegistry`` (the checks ``adaptformer tasks add``
+  runs), the model rebuilt from the registry by ``build_model`` (what ``adaptformer serve`` and
+  ``predict --tasks`` run), and its answers equal the trained model's.
+
+``--sections speed``: one training step per family at 112 px, batch 16, AdaptFormer-64 next to
+full fine-tuning in the same process, round-robin (images/s, trainable parameters).
+
+Writes ``families.json`` / ``families.md`` under ``--out``; ``--update-docs`` puts the matrix in
+README.md and both in docs/families.md::
+
+    python benchmarks/families.py --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import re
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import adaptformer as af
+from adaptformer.adapters.trainable import backbone_fingerprint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import update_docs
+from toolkit import machine_info, summarize_times, time_round_robin
+
+_log = logging.getLogger("benchmarks.families")
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = (
+    "adaptformer",
+    "adapter_plus",
+    "houlsby",
+    "pfeiffer",
+    "lora",
+    "vpt",
+    "bitfit",
+    "linear",
+    "full",
+)
+FEATURES = ("inject", "train", "task file", "mixed", "onnx", "torchscript", "serve")
+BATCH = 4
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """One family's stand-in model: a timm name (or ``hf:`` folder builder) and its sizes."""
+
+    family: str
+    model: str  # what --model would say
+    img_size: int  # small, for the matrix
+    kwargs: dict[str, Any]  # shrinks the model for the matrix (depth, width)
+    speed_kwargs: dict[str, Any]  # the real configuration for the speed section
+    build: Callable[[FamilyCase, Path, bool], tuple[nn.Module, Path]] | None = None
+
+
+def timm_case(case: FamilyCase, folder: Path, full_size: bool) -> tuple[nn.Module, Path]:
+    """A random-weight timm model saved as a local checkpoint, loaded back as a user would."""
+    import timm
+
+    kwargs = case.speed_kwargs if full_size else case.kwargs
+    size = 112 if full_size else case.img_size
+    model = timm.create_model(case.model, num_classes=0, img_size=size, **kwargs)
+    path = folder / f"{case.family}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return af.create_backbone(case.model, checkpoint=path, img_size=size, **kwargs), path
+
+
+CASES: list[FamilyCase] = [
+    # the shared backbone's architecture
+    FamilyCase("vit", "vit_small_patch14_dinov2", 56, {}, {}, timm_case),
+]
+
+
+def _configs(method: str) -> af.AdapterConfig:
+    if method in ("adapter_plus", "houlsby", "pfeiffer"):
+        return af.AdapterConfig(method=method)
+    return af.AdapterConfig(method=method, bottleneck=8 if method == "lora" else 16)
+
+
+def _randomize(model: nn.Module, method: str) -> None:
+    """Non-zero task weights (LoRA's B and AdaptFormer's up start at zero, proving nothing)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in af.trainable_parameters(model, method):
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _cell(fn: Callable[[], str | None]) -> str:
+    try:
+        out = fn()
+        return out or "yes"
+    except (ValueError, TypeError) as e:  # a one-line refusal is an answer, not a crash
+        line = str(e).splitlines()[0]
+        return f"refused: {line[:140]}"
+    except Exception as e:  # the matrix reports what fails, it never hides it
+        _log.warning("%s", traceback.format_exc())
+        return f"FAILS: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def matrix_rows(case: FamilyCase, workdir: Path) -> list[dict[str, str]]:
+    """One row per method: each feature's cell for ``case``'s family."""
+    backbone, checkpoint = case.build(case, workdir, False)
+    backbone.eval()
+    x = torch.randn(
+        BATCH, 3, case.img_size, case.img_size, generator=torch.Generator().manual_seed(0)
+    )
+    rows = []
+    for method in METHODS:
+        row = {"family": case.family, "method": method}
+        model = copy.deepcopy(backbone)
+        row["inject"] = _cell(partial(_inject, model, method))
+        if row["inject"] != "yes":
+            rows.append({**row, **dict.fromkeys(FEATURES[1:], "-")})
+            continue
+        row["train"] = _cell(partial(_train, model, method, x))
+        _randomize(model, method)
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        folder = workdir / f"{case.family}-{method}"
+        row["task file"] = _cell(partial(_task_file, model, backbone, folder, x, logits))
+        row["mixed"] = _cell(partial(_mixed, model, x))
+        for fmt in ("onnx", "torchscript"):
+            row[fmt] = _cell(partial(_export, model, fmt, workdir, case.img_size))
+        row["serve"] = _cell(partial(_serve, model, case, checkpoint, workdir, x, logits))
+        rows.append(row)
+    return rows
+
+
+def _inject(model: nn.Module, method: str) -> None:
+    af.inject(model, _configs(method), name="t", num_classes=5)
+    af.mark_trainable(model, method)
+
+
+def _train(model: nn.Module, method: str, x: torch.Tensor) -> str | None:
+    params = af.trainable_parameters(model, method)
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), torch.arange(x.shape[0]) % 5)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    if not torch.isfinite(loss):
+        return "FAILS: loss is not finite"
+    trained = {id(p) for p in params}
+    moved_wrong = [
+        n for n, p in model.named_parameters()
+        if id(p) not in trained and not torch.equal(p, before[id(p)])
+    ]  # fmt: skip
+    if moved_wrong:
+        return f"FAILS: frozen parameters moved ({moved_wrong[0]})"
+    if not any(not torch.equal(p, before[id(p)]) for p in params):
+        return "FAILS: no trainable parameter moved"
+    return None
+
+
+def _task_file(
+    model: nn.Module, backbone: nn.Module, folder: Path, x: torch.Tensor, logits: torch.Tensor
+) -> str | None:
+    af.save_adapter(model, folder, "t")
+    fresh = copy.deepcopy(backbone)
+    af.load_adapter(fresh, folder, name="other")
+    with torch.no_grad():
+        got = fresh.eval()(x)
+    err = (got - logits).abs().max().item()
+    return None if err <= 1e-5 else f"FAILS: logits differ by {err:.1e}"
+
+
+def _mixed(model: nn.Module, x: torch.Tensor) -> str | None:
+    m = copy.deepcopy(model)
+    af.inject(m, af.AdapterConfig(bottleneck=8), name="u", num_classes=3)
+    _randomize(m, "adaptformer")
+    m.eval()
+    tasks = ["t", "u"] * (x.shape[0] // 2)
+    with torch.no_grad():
+        out = af.forward_tasks(m, x, tasks)
+        err = 0.0
+        for name in ("t", "u"):
+            af.set_adapter(m, name)
+            rows, got = out.task_rows(name)
+            err = max(err, (got - m(x[rows])).abs().max().item())
+    return None if err <= 1e-4 else f"FAILS: mixed rows differ by {err:.1e}"
+
+
+def _export(model: nn.Module, fmt: str, workdir: Path, img_size: int) -> str | None:
+    from adaptformer.serving.export import export_model
+
+    path = workdir / f"export.{'onnx' if fmt == 'onnx' else 'pt'}"
+    result = export_model(copy.deepcopy(model), path, format=fmt, img_size=img_size)
+    path.unlink(missing_ok=True)
+    return None if result.max_abs_error is not None else "exported, not verified"
+
+
+def _serve(
+    model: nn.Module,
+    case: FamilyCase,
+    checkpoint: Path,
+    workdir: Path,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+) -> str | None:
+    from adaptformer.serving.store import TaskRegistry
+
+    method = af.adapters.inject.adapter_state(model).configs["t"].method
+    cfg = model.pretrained_cfg
+    run = workdir / f"run-{case.family}-{method}"
+    af.save_adapter(
+        model,
+        run,
+        "t",
+        metadata={
+            "model": case.model,
+            "backbone_sha256": _fingerprint(case, checkpoint),
+            "img_size": case.img_size,
+            "mean": list(cfg.get("mean", (0.5,) * 3)),
+            "std": list(cfg.get("std", (0.5,) * 3)),
+            "interpolation": cfg.get("interpolation", "bicubic"),
+        },
+    )
+    (run / "config.yaml").write_text(f"checkpoint: {checkpoint}\n")
+    registry = TaskRegistry(workdir / f"registry-{case.family}-{method}")
+    registry.add("task", run)
+    served = registry.build_model()
+    with torch.no_grad():
+        got = af.forward_tasks(served, x, ["task"] * x.shape[0]).logits
+    err = (got - logits).abs().max().item()
+    return None if err <= 1e-4 else f"FAILS: served logits differ by {err:.1e}"
+
+
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _fingerprint(case: FamilyCase, checkpoint: Path) -> str:
+    if case.family not in _FINGERPRINTS:
+        model = af.create_backbone(case.model, checkpoint=checkpoint, img_size=case.img_size,
+                                   **case.kwargs)  # fmt: skip
+        _FINGERPRINTS[case.family] = backbone_fingerprint(model)
+    return _FINGERPRINTS[case.family]
+
+
+def speed_rows(case: FamilyCase, workdir: Path, repeats: int, batch: int) -> list[dict[str, Any]]:
+    """Images/s of one training step, AdaptFormer-64 vs full fine-tuning, round-robin."""
+    backbone, _ = case.build(case, workdir, True)
+    x = torch.randn(batch, 3, 112, 112)
+    y = torch.arange(batch) % 10
+    steps, counts = {}, {}
+    for method, config in (
+        ("adaptformer", af.AdapterConfig()),
+        ("full", af.AdapterConfig(method="full")),
+    ):
+        model = copy.deepcopy(backbone)
+        af.inject(model, config, name="t", num_classes=10)
+        counts[method] = af.mark_trainable(model, method)
+        opt = torch.optim.AdamW(af.trainable_parameters(model, method), lr=1e-4)
+        model.train()
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        steps[method] = step
+    times, loads = time_round_robin(steps, warmup=1, timed=repeats, rounds=repeats)
+    rows = []
+    for method, t in times.items():
+        c = counts[method]
+        rows.append({
+            "family": case.family, "model": case.model, "method": method,
+            "trainable": c.trainable, "backbone": c.backbone,
+            "trainable_percent": round(c.trainable_percent, 2),
+            **summarize_times(t, batch), "load_average": loads[-1],
+        })  # fmt: skip
+    return rows
+
+
+def format_matrix(rows: list[dict[str, str]]) -> str:
+    """The matrix as Markdown: ``yes``, or ``refused [n]`` / ``FAILS [n]`` with the reasons as
+    numbered notes under the table (temporary paths removed)."""
+    notes: list[str] = []
+    head = "| family | method | " + " | ".join(FEATURES) + " |"
+    lines = [head, "|" + "---|" * (len(FEATURES) + 2)]
+
+    def cell(text: str) -> str:
+        kind, sep, reason = text.partition(": ")
+        if not sep or kind not in ("refused", "FAILS"):
+            return text
+        reason = re.sub(r"(/tmp|/var)\S*", "RUN", reason).strip()
+        if reason not in notes:
+            notes.append(reason)
+        return f"{kind} [{notes.index(reason) + 1}]"
+
+    for r in rows:
+        cells = " | ".join(cell(r[f]) for f in FEATURES)
+        lines.append(f"| {r['family']} | {r['method']} | {cells} |")
+    lines += ["", *(f"[{i}] {n}  " for i, n in enumerate(notes, 1))]
+    return "\n".join(lines).rstrip()
+
+
+def format_speed(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| family | model (112 px) | method | trainable params | % of backbone | images/s |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['family']} | {r['model']} | {r['method']} | {r['trainable']:,} | "
+            f"{r['trainable_percent']:.2f} | {r['images_per_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=["matrix", "speed"],
+                        choices=["matrix", "speed"])  # fmt: skip
+    parser.add_argument("--families", nargs="+", default=None, help="default: every case")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    cases = [c for c in CASES if args.families is None or c.family in args.families]
+    started = time.time()
+    result: dict[str, Any] = {
+        "command": "python benchmarks/families.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "matrix" in args.sections:
+            result["matrix"] = [r for c in cases for r in matrix_rows(c, work)]
+        if "speed" in args.sections:
+            result["speed"] = [
+                r for c in cases for r in speed_rows(c, work, args.repeats, args.batch)
+            ]
+    result["seconds"] = round(time.time() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "families.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = report(result)
+    (args.out / "families.md").write_text(md + "\n")
+    print(md)
+    if args.update_docs and "matrix" in result:
+        update_docs(format_matrix(result["matrix"]), ROOT / "README.md", "support-matrix")
+        update_docs(md, ROOT / "docs" / "families.md", "families-results")
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    out = [
+        f"Command: `{result['command']}`  ",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {result['torch']}; "
+        f"{result['date']}; {result['seconds']} s.",
+    ]
+    if "matrix" in result:
+        out += ["", format_matrix(result["matrix"])]
+    if "speed" in result:
+        out += ["", format_speed(result["speed"])]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
