@@ -114,3 +114,19 @@ def test_a_subclass_that_overrides_forward_is_refused():
     model = tiny_vit(block_fn=Custom)
     with pytest.raises(TypeError, match="Custom"):
         af.inject(model)
+
+
+def test_an_adapted_model_pickles_and_copies_with_its_registered_spec():
+    """A spec holds functions; it travels by name, so pickled and copied models point to the
+    one registered spec (what ``accepts`` and the adapted block classes compare against)."""
+    import pickle
+
+    model = tiny_vit()
+    af.inject(model, af.AdapterConfig(bottleneck=4), name="a", num_classes=3)
+    randomize_(model.blocks[0].adaptmlp["a"])
+    x = torch.randn(2, 3, 32, 32)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert other.adaptformer.family is model.adaptformer.family
+        assert type(other.blocks[0]) is type(model.blocks[0])
+        assert torch.equal(other.eval()(x), model.eval()(x))
+        af.inject(other, af.AdapterConfig(method="lora", bottleneck=2), name="b")  # still usable

@@ -81,6 +81,11 @@ class BlockFamily:
     note: str = ""
     examples: tuple[str, ...] = field(default=())
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled (and deep-copied) by name: a spec holds functions, and the registered spec
+        is the one every adapted block of that family points to."""
+        return (family_named, (self.name,))
+
     def accepts(self, block: nn.Module) -> bool:
         """Whether ``block`` is one of this family's classes with its forward not overridden."""
         from ..inject import AdaptedBlock  # the adapted subclass of an accepted block
@@ -90,6 +95,19 @@ class BlockFamily:
         return any(
             isinstance(block, t) and type(block).forward is t.forward for t in self.block_types
         )
+
+
+def family_named(name: str) -> BlockFamily:
+    """The registered family called ``name`` (how pickled models find their spec again)."""
+    from . import FAMILIES
+
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(
+        f"no transformer family named {name!r} is registered; register_family() its spec "
+        "before loading a model adapted with it"
+    )
 
 
 def pre_norm_residual(
