@@ -39,6 +39,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,8 @@ class AdaptBank:
         self._summarize()
 
     _SLOTTED = ("down", "down_b", "up", "up_b", "out_w", "out_b", "ln_in", "ln_out", "act")
+    # Sizes that change as tasks come and go (slots, padded rank): symbolic under torch.compile.
+    GROWING: ClassVar[dict[str, tuple[int, ...]]] = {"down": (0, 2), "down_b": (0, 1), "up": (0, 1)}
 
     def grow(self, capacity: int) -> None:
         for name in self._SLOTTED:
@@ -201,10 +204,9 @@ class LoRABank:
         self.A = torch.zeros(capacity, in_features, 0, device=device, dtype=dtype)
         self.B = torch.zeros(capacity, 0, rows, device=device, dtype=dtype)
         self.held: set[int] = set()
+        self.empty = True  # a plain flag: what torch.compile guards on, not the set of slots
 
-    @property
-    def empty(self) -> bool:
-        return not self.held
+    GROWING: ClassVar[dict[str, tuple[int, ...]]] = {"A": (0, 2), "B": (0, 1)}
 
     def grow(self, capacity: int) -> None:
         self.A = _resized(self.A, (capacity, *self.A.shape[1:]))
@@ -213,6 +215,7 @@ class LoRABank:
     def clear(self, slot: int) -> None:
         if slot in self.held:
             self.held.discard(slot)
+            self.empty = not self.held
             self.A[slot] = 0
             self.B[slot] = 0
 
@@ -227,6 +230,7 @@ class LoRABank:
         self.A[slot, :, :r] = a.t()
         self.B[slot, :r] = (b * owner.lora_scaling[name]).t()  # alpha / r folded in
         self.held.add(slot)
+        self.empty = False
 
     def delta(self, rows: tuple[int, int], x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Each sample's own update of output ``rows`` for ``x`` (``(B * k, ..., d_in)``:
@@ -278,6 +282,8 @@ class HeadBank:
         self.b = torch.full((capacity, 0), float("-inf"), device=device, dtype=dtype)
         self.fallback: dict[int, nn.Module] = {}  # heads that do not fold: run on every row
 
+    GROWING: ClassVar[dict[str, tuple[int, ...]]] = {"W": (0, 2), "b": (0, 1)}
+
     def grow(self, capacity: int) -> None:
         self.W = _resized(self.W, (capacity, *self.W.shape[1:]))
         self.b = _resized(self.b, (capacity, self.width), float("-inf"))
@@ -325,14 +331,13 @@ class _Entry:
     versions: tuple[tuple[int, int], ...]
 
     def fresh(self) -> bool:
-        return all(
-            (t._version, t.data_ptr()) == v
-            for t, v in zip(self.tensors, self.versions, strict=True)
-        )
+        return _stamp(self.tensors) == self.versions
 
 
 def _stamp(tensors: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...]:
-    return tuple((t._version, t.data_ptr()) for t in tensors)
+    """Version counter and storage of each tensor: an in-place change bumps the first, moving
+    or replacing the data changes the second (inference-mode tensors keep no version)."""
+    return tuple((-1 if t.is_inference() else t._version, t.data_ptr()) for t in tensors)
 
 
 class TaskBanks:
@@ -368,6 +373,7 @@ class TaskBanks:
         self, model: nn.Module, state: AdapterState, device: torch.device, dtype: torch.dtype
     ) -> None:
         self.state, self.generation = state, -1
+        self.layout, self._marked = 0, -1  # bumped when bank tensors are replaced (grown)
         self.device, self.dtype = device, dtype
         self.capacity = len(self.fixed) if self.fixed is not None else 4
         self.slots: dict[str, int] = {}
@@ -381,6 +387,21 @@ class TaskBanks:
         self.members: set[int] = set()
         self.head = HeadBank(head_width(model), self.capacity, self.step, device, dtype)
 
+    def mark_dynamic(self) -> None:
+        """Tell ``torch.compile`` that slot counts, padded ranks and class counts vary, so
+        growing banks (more tasks, a larger bottleneck) do not recompile; done once per layout
+        (only compiled passes call this: importing dynamo costs seconds)."""
+        if self._marked == self.layout:
+            return
+        from torch._dynamo import maybe_mark_dynamic
+
+        for bank in self._banks():
+            for name, t in vars(bank).items():
+                if isinstance(t, torch.Tensor):
+                    for dim in bank.GROWING.get(name, (0,)):
+                        maybe_mark_dynamic(t, dim)
+        self._marked = self.layout
+
     def _banks(self) -> list[AdaptBank | LoRABank | HeadBank]:
         adapt = [bank for points in self.points.values() for bank in points.values()]
         return [*adapt, *self.lora.values(), self.head]
@@ -393,6 +414,7 @@ class TaskBanks:
         else:
             if self._next == self.capacity:
                 self.capacity *= 2
+                self.layout += 1
                 for bank in self._banks():
                     bank.grow(self.capacity)
             slot, self._next = self._next, self._next + 1
@@ -434,8 +456,13 @@ class TaskBanks:
         return (*found, get_head(model, name))
 
     # -- keeping the slots current ---------------------------------------------------------------
-    def sync(self, model: nn.Module, present: Iterable[str]) -> None:
-        """Make the slots of ``present`` tasks current; drop the slots of removed tasks."""
+    def sync(self, model: nn.Module, present: Iterable[str], every: bool = False) -> None:
+        """Make the slots of ``present`` tasks current; drop the slots of removed tasks.
+
+        ``every`` also builds every task of the model not built yet: a compiled graph then
+        depends on the model's tasks (which activations, LayerNorms, LoRA layers occur), not
+        on the mixes seen so far.
+        """
         model = unwrap(model)
         # Normal tensors without autograd history, even when called in inference mode: later
         # in-place slot writes must stay legal (inference_mode(False) turns grad on: no_grad after).
@@ -449,6 +476,8 @@ class TaskBanks:
                         self._slot(t)
             if state.generation != self.generation:
                 self._restructure(model)
+            if every:
+                present = [*present, *(t for t in state.configs if t not in self.entries)]
             for name in present:
                 entry = self.entries.get(name)
                 if entry is None or not entry.fresh():
@@ -459,6 +488,7 @@ class TaskBanks:
         slot = self._slot(name)
         for bank in self._banks():
             bank.clear(slot)
+        self.layout += 1  # a new bank, a wider rank or head may come: checked on compiled use
         modules = self._modules(model, name)
         for block in self.blocks:
             points = self.points[id(block)]
@@ -512,8 +542,9 @@ class TaskBanks:
 _CACHE: weakref.WeakKeyDictionary[nn.Module, TaskBanks] = weakref.WeakKeyDictionary()
 
 
-def task_banks(model: nn.Module, present: Iterable[str] = ()) -> TaskBanks:
-    """The model's cached banks with the slots of ``present`` tasks current.
+def task_banks(model: nn.Module, present: Iterable[str] = (), every: bool = False) -> TaskBanks:
+    """The model's cached banks with the slots of ``present`` tasks current (and of every
+    task, with ``every``: see :meth:`TaskBanks.sync`).
 
     Kept beside the model (weakly: dropping the model drops them), never in its state dict.
     """
@@ -521,7 +552,7 @@ def task_banks(model: nn.Module, present: Iterable[str] = ()) -> TaskBanks:
     banks = _CACHE.get(model)
     if banks is None:
         banks = _CACHE[model] = TaskBanks(model)
-    banks.sync(model, present)
+    banks.sync(model, present, every)
     return banks
 
 

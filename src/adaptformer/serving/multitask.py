@@ -223,14 +223,18 @@ def compiled_pass(backend: bool | str = True) -> Any:
 def _banked(
     model: nn.Module, x: torch.Tensor, tasks: list[str], present: list[str], compile: bool | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    banks = task_banks(model, present)
-    index = banks.index(tasks)
     configs = adapter_state(model).configs
     prompted = any(configs[t].method == "vpt" for t in present)
+    compiled = bool(compile) and not prompted
+    banks = task_banks(model, present, every=compiled)
+    index = banks.index(tasks)
     # Prompt selection is unrolled over the tasks present; without prompts the pass does not
     # depend on which tasks are present at all (one compiled graph for every mix).
     routing = BankRouting(banks, index, present if prompted else ())
-    run = compiled_pass(compile) if compile and not prompted else banked_pass
+    run = banked_pass
+    if compiled:
+        run = compiled_pass(compile)
+        banks.mark_dynamic()
     with routing_scope(routing):
         return run(model, banks, x, index)
 
