@@ -85,3 +85,24 @@ def test_the_module_wrapper_compiles_too(model):
     with torch.inference_mode():
         out = wrapper(torch.randn(3, 3, 32, 32), tasks=["lin", "ada4", "houlsby"])
     assert compiled_graphs()[1] == 1 and out.logits.shape == (3, 7)
+
+
+def test_the_servers_batcher_runs_compiled_passes(model):
+    """``serve --compile`` reaches the model thread's passes (``ServeConfig.compile``)."""
+    from adaptformer.serving.batcher import Batcher
+
+    dynamo.reset()
+    counters.clear()
+    x = torch.randn(4, 3, 32, 32)
+    tasks = ["lora", "ada8", "lin", "lora"]
+    batcher = Batcher(model, torch.device("cpu"), max_batch=4, max_wait=600, compile="eager")
+    batcher.start()
+    try:
+        answers = [f.result(timeout=300) for f in batcher.submit(list(zip(x, tasks, strict=True)))]
+    finally:
+        batcher.stop()
+    with torch.inference_mode():
+        offline = af.forward_tasks(model, x, tasks).per_sample()
+    for got, want in zip(answers, offline, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert compiled_graphs()[1] == 1

@@ -83,6 +83,7 @@ class Service:
             on_done=catalog.release,
             model_lock=catalog.model_lock,
             coming=lambda: self.preparing,
+            compile=config.compile,
         )
         self.decoder = ThreadPoolExecutor(config.decode_threads, "adaptformer-decode")
         self.active = 0  # /v1/predict requests being handled

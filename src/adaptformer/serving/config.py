@@ -70,6 +70,11 @@ class ServeConfig:
     top_k: int = _f(5, "labels per task and image when a request gives no top_k")
     decode_threads: int = _f(2, "threads decoding and preprocessing images")
     threads: int = _f(0, "torch threads for the forward pass (0: torch's default)")
+    compile: bool = _f(
+        False,
+        "run mixed-task passes through torch.compile: one graph for every mix of tasks, "
+        "compiled on the first passes (minutes on a CPU; docs/multitask.md has what it bought)",
+    )
 
     def __post_init__(self) -> None:
         counts = {

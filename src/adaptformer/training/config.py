@@ -210,6 +210,11 @@ class TrainConfig:
         choices=["fp32", "bf16", "fp16"],
     )
     grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
+    compile: bool = _f(
+        False,
+        "run the model through torch.compile (a C++ compiler is needed on CPU; the first steps "
+        "compile for minutes; docs/multitask.md has what it bought on our CPU)",
+    )
     divergence_guard: bool = _f(
         True, "stop a run whose loss climbs past 3x its start (a learning rate too high)"
     )
