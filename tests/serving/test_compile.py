@@ -59,7 +59,7 @@ def test_ten_mixes_and_task_changes_reuse_one_graph(model):
             tasks = [rng.choice(banked) for _ in range(6)]
             got = af.forward_tasks(model, x, tasks, compile="eager")
             eager = af.forward_tasks(model, x, tasks)
-            torch.testing.assert_close(got.logits, eager.logits, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.logits, eager.logits, atol=1e-5, rtol=0)
             first = first or compiled_graphs()
     assert compiled_graphs() == first == (1, 1)  # one graph, never recompiled
 

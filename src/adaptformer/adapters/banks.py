@@ -159,16 +159,25 @@ class AdaptBank:
         self.any_ln_out = any(k[1] == "out" for k in kinds)
         self.empty = not kinds
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Each sample's own AdaptMLP update of ``x`` (``(B, ..., d)``, sample-major)."""
+    def __call__(
+        self, x: torch.Tensor, index: torch.Tensor, rank: int | None = None
+    ) -> torch.Tensor:
+        """Each sample's own AdaptMLP update of ``x`` (``(B, ..., d)``, sample-major).
+
+        ``rank``: the largest bottleneck among the tasks of this batch, when known (eager
+        passes): the padding beyond it is zero for every row, so it is not computed.
+        """
         shape, dt = x.shape, x.dtype
+        down, down_b, up = self.down, self.down_b, self.up
+        if rank is not None and rank < self.rank:
+            down, down_b, up = down[:, :, :rank], down_b[:, :rank], up[:, :rank]
         h = x.reshape(index.shape[0], -1, self.dim)
         if self.any_ln_in:
             normed = F.layer_norm(h, (self.dim,), eps=self.eps)
             h = torch.where(self.ln_in.index_select(0, index)[:, None, None], normed, h)
-        z = torch.baddbmm(_pick(self.down_b, index, dt)[:, None], h, _pick(self.down, index, dt))
+        z = torch.baddbmm(_pick(down_b, index, dt)[:, None], h, _pick(down, index, dt))
         z = self._activate(z, index)
-        u = torch.baddbmm(_pick(self.up_b, index, dt)[:, None], z, _pick(self.up, index, dt))
+        u = torch.baddbmm(_pick(self.up_b, index, dt)[:, None], z, _pick(up, index, dt))
         if self.any_ln_out:
             normed = F.layer_norm(u, (self.dim,), eps=self.eps)
             normed = (
@@ -232,13 +241,24 @@ class LoRABank:
         self.held.add(slot)
         self.empty = False
 
-    def delta(self, rows: tuple[int, int], x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def delta(
+        self,
+        rows: tuple[int, int],
+        x: torch.Tensor,
+        index: torch.Tensor,
+        rank: int | None = None,
+    ) -> torch.Tensor:
         """Each sample's own update of output ``rows`` for ``x`` (``(B * k, ..., d_in)``:
-        ``k`` consecutive rows per sample, e.g. Swin's windows)."""
+        ``k`` consecutive rows per sample, e.g. Swin's windows); ``rank`` as in
+        :meth:`AdaptBank.__call__`."""
         start, stop = rows
-        b = self.B if (start, stop) == (0, self.rows) else self.B[:, :, start:stop]
+        a, b = self.A, self.B
+        if rank is not None and rank < self.rank:
+            a, b = a[:, :, :rank], b[:, :rank]
+        if (start, stop) != (0, self.rows):
+            b = b[:, :, start:stop]
         h = x.reshape(index.shape[0], -1, x.shape[-1])
-        low = torch.bmm(h, _pick(self.A, index, h.dtype))
+        low = torch.bmm(h, _pick(a, index, h.dtype))
         return torch.bmm(low, _pick(b, index, h.dtype)).reshape(*x.shape[:-1], stop - start)
 
 
@@ -310,10 +330,16 @@ class HeadBank:
         self.W[slot, :, : w.shape[0]] = w.t()
         self.b[slot, : b.shape[0]] = b
 
-    def __call__(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``(B, C_max)`` logits: each row through its task's head, ``-inf`` padded."""
+    def __call__(
+        self, feats: torch.Tensor, index: torch.Tensor, width: int | None = None
+    ) -> torch.Tensor:
+        """``(B, C_max)`` logits (``(B, width)`` if given: the widest head of the batch), each
+        row through its task's head, ``-inf`` padded."""
         dt = feats.dtype
-        w, b = _pick(self.W, index, dt), _pick(self.b, index, dt)
+        w, b = self.W, self.b
+        if width is not None and width < self.width:
+            w, b = w[:, :, :width], b[:, :width]
+        w, b = _pick(w, index, dt), _pick(b, index, dt)
         out = torch.baddbmm(b[:, None], feats[:, None], w)[:, 0]
         for slot, head in self.fallback.items():  # fixed by the bank, not by the batch
             y = head(feats)
@@ -329,6 +355,7 @@ class _Entry:
     modules: tuple[nn.Module, ...]
     tensors: tuple[torch.Tensor, ...]
     versions: tuple[tuple[int, int], ...]
+    uses: dict[int, int]  # id(bank) -> this task's bottleneck / rank there
 
     def fresh(self) -> bool:
         return _stamp(self.tensors) == self.versions
@@ -490,6 +517,7 @@ class TaskBanks:
             bank.clear(slot)
         self.layout += 1  # a new bank, a wider rank or head may come: checked on compiled use
         modules = self._modules(model, name)
+        uses: dict[int, int] = {}
         for block in self.blocks:
             points = self.points[id(block)]
             for mlp in (d[name] for d in (block.attn_adapter, block.adaptmlp) if name in d):
@@ -499,6 +527,7 @@ class TaskBanks:
                         self.dtype,
                     )  # fmt: skip
                 points[mlp.reads].write(slot, mlp)
+                uses[id(points[mlp.reads])] = mlp.down_proj.out_features
             for m in block.modules():
                 if isinstance(m, LoRALinear) and m.owns(name):
                     if id(m) not in self.lora:
@@ -507,11 +536,12 @@ class TaskBanks:
                             self.device, self.dtype,
                         )  # fmt: skip
                     self.lora[id(m)].write(slot, m, name)
+                    uses[id(self.lora[id(m)])] = m.lora_A[name].out_features
         head = modules[-1]
         classes = self.state.num_classes[name] or self.head.dim
         self.head.write(slot, head, classes)
         tensors = tuple(t for m in modules for t in (*m.parameters(), *m.buffers()))
-        self.entries[name] = _Entry(modules, tensors, _stamp(tensors))
+        self.entries[name] = _Entry(modules, tensors, _stamp(tensors), uses)
         self.builds[name] += 1
 
     # -- what a pass reads -----------------------------------------------------------------------
@@ -522,12 +552,31 @@ class TaskBanks:
     def block_banks(self, block: nn.Module) -> dict[str, AdaptBank]:
         return self.points.get(id(block), {})
 
+    def limits(self, tasks: Iterable[str]) -> dict[int, int]:
+        """``id(bank) -> largest rank`` over ``tasks``: the banks a batch of these tasks needs
+        (the others add exactly zero to its rows) and how much of their padding it reads."""
+        out: dict[int, int] = {}
+        for t in tasks:
+            for bank, rank in self.entries[t].uses.items():
+                if rank > out.get(bank, 0):
+                    out[bank] = rank
+        return out
+
     def lora_delta(
-        self, layer: LoRALinear, x: torch.Tensor, index: torch.Tensor
+        self,
+        layer: LoRALinear,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        limits: dict[int, int] | None = None,
     ) -> torch.Tensor | None:
         owner, rows = self.lora_rows.get(id(layer), (None, (0, 0)))
         bank = self.lora.get(owner) if owner is not None else None
-        return None if bank is None or bank.empty else bank.delta(rows, x, index)
+        if bank is None or bank.empty:
+            return None
+        if limits is None:
+            return bank.delta(rows, x, index)
+        rank = limits.get(id(bank))
+        return None if rank is None else bank.delta(rows, x, index, rank)
 
     @property
     def nbytes(self) -> int:

@@ -182,25 +182,42 @@ class BankRouting(TaskRouting):
         names: the tasks rows may belong to, needed only when some of them have VPT prompts
             (prompts are per task, so their selection is unrolled over these); ``()`` otherwise,
             which keeps the pass independent of the mix.
+        limits: ``TaskBanks.limits`` of the tasks in the batch, when known and the pass need
+            not serve every mix (eager): banks no task of the batch uses are skipped and ranks
+            cut to the batch's largest. None (compiled, traced) computes every bank in full.
     """
 
-    def __init__(self, banks: TaskBanks, index: torch.Tensor, names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        banks: TaskBanks,
+        index: torch.Tensor,
+        names: Sequence[str] = (),
+        limits: dict[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.banks, self.index, self.names = banks, index, tuple(names)
+        self.limits = limits
         self.members = banks.members
 
     def adapter_delta(self, block: AdaptedBlock) -> Delta:
         points = self.banks.block_banks(block) if block.adapters_enabled else {}
-        index = self.index
+        index, limits = self.index, self.limits
 
         def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
             bank = points.get(point)
-            return None if bank is None or bank.empty else bank(src, index)
+            if bank is None or bank.empty:
+                return None
+            if limits is None:
+                return bank(src, index)
+            rank = limits.get(id(bank))
+            return None if rank is None else bank(src, index, rank)
 
         return delta
 
     def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
-        return self.banks.lora_delta(layer, x, self.index) if layer.adapters_enabled else None
+        if not layer.adapters_enabled:
+            return None
+        return self.banks.lora_delta(layer, x, self.index, self.limits)
 
     def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
         out = fill.expand(self.index.shape[0], *fill.shape)

@@ -97,8 +97,9 @@ def forward_tasks(
     present = list(dict.fromkeys(tasks))
     widths = dict(zip(present, task_widths(model, present), strict=True))
     if uses_banks(model, present):
-        logits, feats = _banked(model, x, tasks, present, compile)
-        logits = logits[:, : max(widths.values())]
+        width = max(widths.values())
+        logits, feats = _banked(model, x, tasks, present, compile, width)
+        logits = logits[:, :width]
     else:
         logits, feats = grouped_pass(model, x, tasks)
     return MultiTaskOutput(logits, [widths[t] for t in tasks], tasks, feats)
@@ -199,13 +200,17 @@ def uses_banks(model: nn.Module, present: Sequence[str]) -> bool:
 
 
 def banked_pass(
-    model: nn.Module, banks: TaskBanks, x: torch.Tensor, index: torch.Tensor
+    model: nn.Module,
+    banks: TaskBanks,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded logits and pooled features of a batch whose rows run the tasks in ``index``'s
-    slots: the one function the eager, traced (export) and compiled passes share. The
-    :class:`BankRouting` for ``index`` must be current (``routing_scope``)."""
+    """Padded logits (``width`` columns if given) and pooled features of a batch whose rows run
+    the tasks in ``index``'s slots: the one function the eager, traced (export) and compiled
+    passes share. The :class:`BankRouting` for ``index`` must be current (``routing_scope``)."""
     feats = model.forward_head(model.forward_features(x), pre_logits=True)
-    return banks.head(feats, index), feats
+    return banks.head(feats, index, width), feats
 
 
 _COMPILED: dict[str, Any] = {}
@@ -221,22 +226,28 @@ def compiled_pass(backend: bool | str = True) -> Any:
 
 
 def _banked(
-    model: nn.Module, x: torch.Tensor, tasks: list[str], present: list[str], compile: bool | str
+    model: nn.Module,
+    x: torch.Tensor,
+    tasks: list[str],
+    present: list[str],
+    compile: bool | str,
+    width: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     configs = adapter_state(model).configs
     prompted = any(configs[t].method == "vpt" for t in present)
     compiled = bool(compile) and not prompted
     banks = task_banks(model, present, every=compiled)
     index = banks.index(tasks)
-    # Prompt selection is unrolled over the tasks present; without prompts the pass does not
-    # depend on which tasks are present at all (one compiled graph for every mix).
-    routing = BankRouting(banks, index, present if prompted else ())
-    run = banked_pass
+    names = present if prompted else ()
     if compiled:
-        run = compiled_pass(compile)
+        # Prompt selection is unrolled over the tasks present, so prompted batches run eagerly;
+        # without prompts the compiled pass does not depend on which tasks are present at all.
         banks.mark_dynamic()
-    with routing_scope(routing):
-        return run(model, banks, x, index)
+        with routing_scope(BankRouting(banks, index, names)):
+            return compiled_pass(compile)(model, banks, x, index)
+    # Eager: compute only the banks (and ranks, head widths) the tasks of this batch use.
+    with routing_scope(BankRouting(banks, index, names, banks.limits(present))):
+        return banked_pass(model, banks, x, index, width)
 
 
 def _grouped(
