@@ -178,6 +178,16 @@ def summarize(seconds: dict[str, list[float]], batch: int, reference: str) -> di
     }
 
 
+def added_ms(seconds: dict[str, list[float]], base: str = "bare") -> dict[str, float]:
+    """Milliseconds each cell adds to ``base`` in the same repeat (median over repeats)."""
+    ref = seconds[base]
+    return {
+        k: 1e3 * statistics.median(t - r for r, t in zip(ref, v, strict=True))
+        for k, v in seconds.items()
+        if k != base
+    }
+
+
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     finite = torch.isfinite(b)
     assert torch.equal(finite, torch.isfinite(a)), "different -inf padding"
@@ -204,7 +214,12 @@ def distinct_sweep(args: argparse.Namespace, label: str, x: torch.Tensor) -> dic
         af.set_adapter(model, names[0])
         return model(x)
 
+    def bare() -> torch.Tensor:
+        with af.disable_adapters(model):
+            return model(x)
+
     cells["single"] = single
+    cells["bare"] = bare  # the backbone alone: what adapters and routing add is the rest
     errors: dict[str, float] = {}
     first_call: dict[str, float] = {}
     graphs_before = dynamo_graphs() if compiled else 0
@@ -230,6 +245,7 @@ def distinct_sweep(args: argparse.Namespace, label: str, x: torch.Tensor) -> dic
         "scenario": label,
         "tasks": [c.method for c in configs],
         **summarize(seconds, b, "single"),
+        "ms_over_bare_backbone": added_ms(seconds),
         "max_abs_error": errors,
         "compile_first_call_s": first_call,
         "compiled_graphs": dynamo_graphs() - graphs_before if compiled else None,
@@ -348,6 +364,26 @@ def markdown(report: dict) -> str:
                 f"| {r['scenario']} | {ips['single']:.2f} | {path} | {cells} "
                 f"| **{ratio[last]:.2f}** ({paired[last]:.2f}) |"
             )
+    lines += [
+        "",
+        "Milliseconds each path adds to the bare backbone's pass (adapters, heads and routing; "
+        "paired median over repeats; the bare pass takes "
+        + ", ".join(
+            f"{1e3 * statistics.median(r['seconds']['bare']):.0f} ms ({r['scenario']})"
+            for r in report["results"]
+        )
+        + "):",
+        "",
+        f"| scenario | path | {head} |",
+        "|---|---|" + "---|" * len(ks),
+    ]
+    for r in report["results"]:
+        added = r["ms_over_bare_backbone"]
+        lines.append(f"| {r['scenario']} | single | {added['single']:.0f} |" + " |" * (len(ks) - 1))
+        for path in ("banks", "loop", "compiled"):
+            if f"{path} {ks[0]}" in added:
+                cells = " | ".join(f"{added[f'{path} {k}']:.0f}" for k in ks)
+                lines.append(f"| {r['scenario']} | {path} | {cells} |")
     lines.append("")
     errs = [f"{r['scenario']}: {max(r['max_abs_error'].values()):.1e}" for r in report["results"]]
     lines.append(

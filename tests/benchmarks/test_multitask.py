@@ -50,7 +50,7 @@ def test_a_tiny_run_writes_the_report_and_the_docs_section(script, tmp_path, mon
     report = json.loads((tmp_path / "out" / "multitask.json").read_text())
     assert [r["scenario"] for r in report["results"]] == list(script.MIXES)
     for r in report["results"]:
-        assert set(r["images_per_s"]) == {"single"} | {
+        assert set(r["images_per_s"]) == {"single", "bare"} | {
             f"{p} {k}" for p in ("banks", "loop") for k in (1, 2, 4)
         }
         assert max(r["max_abs_error"].values()) < 1e-4  # banks answer as the per-task loop
