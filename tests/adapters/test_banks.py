@@ -314,3 +314,14 @@ def test_lora_shared_across_separate_q_k_v_linears(qkv_family):
     assert_rows(got, expected)
     for row, ref in zip(exported, expected, strict=True):
         torch.testing.assert_close(row[: ref.shape[0]], ref, atol=1e-5, rtol=0)
+
+
+def test_training_one_lora_task_leaves_the_others_slots_alone():
+    """A task's slot depends on its own tensors only (LoRA tasks share the wrapped layer)."""
+    model = _model_with({"la": 2, "lb": 4})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        af.forward_tasks(model, x, ["la", "lb"])
+        af.adapter_parameters(model, "la")["blocks.0.attn.qkv.lora_B.la.weight"].add_(1.0)
+        assert_rows(af.forward_tasks(model, x, ["la", "lb"]), separate(model, x, ["la", "lb"]))
+    assert task_banks(model).builds == {"la": 2, "lb": 1}
