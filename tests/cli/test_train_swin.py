@@ -100,3 +100,19 @@ def test_bottleneck_and_bottleneck_ratio_together_are_refused(tiny_data, tmp_pat
     args = train_args(tiny_data, tmp_path / "unused.safetensors", tmp_path / "run")
     line = _refusal(*args, "--bottleneck", "8", "--bottleneck-ratio", "0.1")
     assert "--bottleneck and --bottleneck-ratio both set the adapter width" in line
+
+
+def test_a_ratio_flag_replaces_the_bottleneck_of_a_config_file():
+    """``--config paper_image`` sets ``bottleneck: 64``; a ``--bottleneck-ratio`` flag wins over
+    it as any flag wins over the file (and ``--bottleneck`` over a file's ratio)."""
+    from adaptformer.cli import build_parser
+    from adaptformer.cli.train import config_from_args
+
+    parse = build_parser().parse_args
+    cfg = config_from_args(
+        parse(["train", "--config", "paper_image", "--bottleneck-ratio", "0.083"])
+    )
+    assert (cfg.bottleneck, cfg.bottleneck_ratio) == (None, 0.083)
+    assert cfg.adapter_config().bottleneck_for(768) == 64
+    cfg = config_from_args(parse(["train", "--config", "paper_image", "--bottleneck", "16"]))
+    assert (cfg.bottleneck, cfg.bottleneck_ratio) == (16, None)

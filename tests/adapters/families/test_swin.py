@@ -4,7 +4,6 @@ task files, mixed-task batches, export, and per-stage bottlenecks (``bottleneck_
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import timm
@@ -17,7 +16,7 @@ from adaptformer.adapters.files import loadable_problems, read_adapter_files
 from adaptformer.adapters.inject import AdaptedBlock, block_widths, model_blocks
 from adaptformer.adapters.layers import LoRALinear
 
-from ...helpers import randomize_, tiny_vit
+from ...helpers import randomize_
 
 # Two stages (widths 24, 48) of two blocks; the second block of each stage shifts its windows
 # where the map is larger than the window (stage 0: 14x14 in 7x7 windows, V2: 16x16 in 8x8).
@@ -249,30 +248,6 @@ def test_a_task_file_with_a_rank_the_ratio_does_not_give_is_refused(tmp_path):
     save_file(tensors, str(weights), {"format": "adaptformer-adapter/1"})
     with pytest.raises(ValueError, match=r"bottleneck_ratio=0.083 .* blocks.3.adaptmlp.down_proj"):
         read_adapter_files(tmp_path / "t")
-
-
-def test_bottleneck_ratio_on_a_plain_vit(tmp_path):
-    model = tiny_vit(depth=2, embed_dim=48)
-    af.inject(model, af.AdapterConfig(bottleneck_ratio=0.083), name="t")
-    assert [b.adaptmlp["t"].down_proj.out_features for b in model.blocks] == [4, 4]
-    af.save_adapter(model, tmp_path / "t")
-    info, tensors = read_adapter_files(tmp_path / "t")
-    assert loadable_problems(info, tensors) == []
-    fresh = tiny_vit(depth=2, embed_dim=48)
-    af.load_adapter(fresh, tmp_path / "t")
-    assert af.AdapterConfig.from_dict(info["config"]).bottleneck_for(48) == 4
-
-
-def test_files_without_bottleneck_ratio_still_load(tmp_path):
-    """Task files written before ``bottleneck_ratio`` existed have no such key."""
-    model = tiny_vit(depth=2)
-    af.inject(model, af.AdapterConfig(bottleneck=8), name="t")
-    af.save_adapter(model, tmp_path / "t")
-    path = tmp_path / "t" / "adapter_config.json"
-    info = json.loads(path.read_text())
-    del info["config"]["bottleneck_ratio"]
-    path.write_text(json.dumps(info))
-    af.load_adapter(tiny_vit(depth=2), tmp_path / "t")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
