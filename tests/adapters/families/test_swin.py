@@ -185,6 +185,9 @@ def test_task_heads_sit_in_the_classifier_head_which_still_pools(version):
     feats = model.forward_head(model.forward_features(x), pre_logits=True)
     assert feats.shape == (3, 48)  # pooled over the grid
     assert model.head.fc is af.get_head(model, "b") and model(x).shape == (3, 6)
+    af.inject(model, af.AdapterConfig(method="linear", head_batchnorm=True), name="c",
+              num_classes=2)  # fmt: skip
+    assert isinstance(model.head.fc[0], torch.nn.BatchNorm1d) and model(x).shape == (3, 2)
     af.set_adapter(model, "a")
     assert model.get_classifier() is af.get_head(model, "a") and model(x).shape == (3, 4)
     torch.testing.assert_close(model(x), model.head.fc(model.forward_head(
