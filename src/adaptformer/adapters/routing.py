@@ -54,6 +54,8 @@ class TaskRouting:
     def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
         """Each row of ``src`` through its task's function, zeros for tasks without one.
 
+        ``src`` has one row per sample, or ``k`` consecutive rows per sample (LoRA inside
+        windowed attention sees Swin's windows, ``B * k`` rows, sample-major).
         Returns None when no task of this batch has a function (nothing to add).
         """
         raise NotImplementedError
@@ -180,11 +182,11 @@ class GroupedRouting(TaskRouting):
             return None
         if len(self.groups) == 1:
             return fns[self.names[0]](src)
-        done = {t: fns[t](src[a:b]) for t, a, b in self.groups if t in fns}
+        k = src.shape[0] // self.groups[-1][2]  # rows per sample (Swin's windows)
+        groups = [(t, a * k, b * k) for t, a, b in self.groups]
+        done = {t: fns[t](src[a:b]) for t, a, b in groups if t in fns}
         shape = next(iter(done.values())).shape[1:]
-        pieces = [
-            done[t] if t in done else src.new_zeros((b - a, *shape)) for t, a, b in self.groups
-        ]
+        pieces = [done[t] if t in done else src.new_zeros((b - a, *shape)) for t, a, b in groups]
         return torch.cat(pieces, dim=0)
 
     def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
@@ -203,10 +205,15 @@ class MaskedRouting(TaskRouting):
 
     def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
         out = None
+        batch = self.task_index.shape[0]
         for t, fn in fns.items():
             y = fn(src)
+            if y.shape[0] != batch:  # k rows per sample (Swin's windows): one group per sample
+                y = y.reshape(batch, -1, *y.shape[1:])
             mask = self._masks[t].view(-1, *[1] * (y.dim() - 1))
             out = torch.where(mask, y, y.new_zeros(()) if out is None else out)
+        if out is not None and out.shape[0] != src.shape[0]:
+            out = out.reshape(src.shape[0], *out.shape[2:])
         return out
 
     def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:

@@ -163,6 +163,7 @@ class TrainConfig:
     # is ``adapter_dropout`` here, because its default depends on images vs video.
     method: str = _a("method", choices=list(METHODS))
     bottleneck: int | None = _a("bottleneck")
+    bottleneck_ratio: float | None = _a("bottleneck_ratio")
     scale: float | str | None = _a("scale", parse=parse_scale)
     adapter_dropout: float | None = _f(
         None,

@@ -9,9 +9,10 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BlockFamily, pre_norm_residual
+from .swin import SWIN, SWINV2
 from .vit import VIT
 
-FAMILIES: list[BlockFamily] = [VIT]
+FAMILIES: list[BlockFamily] = [VIT, SWIN, SWINV2]
 
 # Families people try that have no spec yet, with the reason (a one-line refusal names them).
 UNSUPPORTED: dict[str, str] = {
