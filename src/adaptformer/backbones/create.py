@@ -16,7 +16,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from ..utils.files import read_safetensors
@@ -183,6 +183,44 @@ def adapt_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, 
     return sd
 
 
+def adapt_rel_pos_tables(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Resample relative-position bias tables (BEiT) to the model's window, with timm's own
+    ``resize_rel_pos_bias_table`` (the interpolation of BEiT's fine-tuning code, which keeps the
+    class-token entries), so a checkpoint loads at another ``img_size``.
+
+    ``relative_position_index`` is derived from the grid: the model's own is used (older timm
+    saved it; current timm does not).
+    """
+    own = model.state_dict()
+    out = dict(sd)
+    resampled = []
+    for key, table in sd.items():
+        if key.endswith("relative_position_index"):
+            if key in own:
+                out[key] = own[key]
+            else:
+                del out[key]
+            continue
+        target = own.get(key)
+        if not key.endswith("relative_position_bias_table") or target is None:
+            continue
+        window = getattr(model.get_submodule(key.rpartition(".")[0]), "window_size", None)
+        if target.shape == table.shape or window is None or table.ndim != 2:
+            continue
+        if table.shape[1] != target.shape[1]:
+            continue  # another head count: the strict check reports it
+        try:
+            out[key] = resize_rel_pos_bias_table(
+                table.float(), new_window_size=tuple(window), new_bias_shape=tuple(target.shape)
+            ).to(table.dtype)
+        except (ValueError, AssertionError, RuntimeError):
+            continue  # not a table of a square window: the strict check reports its shape
+        resampled.append(f"{tuple(table.shape)} -> {tuple(target.shape)}")
+    if resampled:
+        _log.info("resampled %d relative-position tables %s", len(resampled), resampled[0])
+    return out
+
+
 def check_state_dict(
     own: dict[str, torch.Tensor],
     sd: dict[str, torch.Tensor],
@@ -215,7 +253,7 @@ def load_backbone_weights(
     Raises:
         ValueError: listing missing, unexpected and wrongly shaped keys.
     """
-    sd = adapt_pos_embed(model, to_timm_state_dict(sd))
+    sd = adapt_rel_pos_tables(model, adapt_pos_embed(model, to_timm_state_dict(sd)))
     own = model.state_dict()
     head_keys = {f"head.{k}" for k in model.get_classifier().state_dict()}
     ckpt_head = {k for k in sd if k.startswith("head.")}

@@ -9,9 +9,15 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BlockFamily, pre_norm_residual
+from .beit import BEIT
+from .eva import EVA
 from .vit import VIT
 
-FAMILIES: list[BlockFamily] = [VIT]
+FAMILIES: list[BlockFamily] = [
+    VIT,
+    EVA,
+    BEIT,
+]
 
 # Families people try that have no spec yet, with the reason (a one-line refusal names them).
 UNSUPPORTED: dict[str, str] = {
