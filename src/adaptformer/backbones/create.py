@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import timm
@@ -210,9 +211,12 @@ def adapt_rel_pos_tables(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[
         if table.shape[1] != target.shape[1]:
             continue  # another head count: the strict check reports it
         try:
-            out[key] = resize_rel_pos_bias_table(
-                table.float(), new_window_size=tuple(window), new_bias_shape=tuple(target.shape)
-            ).to(table.dtype)
+            with warnings.catch_warnings():  # timm's interpolator: torch deprecation chatter
+                warnings.filterwarnings("ignore", category=UserWarning, module="timm.layers")
+                resized = resize_rel_pos_bias_table(
+                    table.float(), new_window_size=tuple(window), new_bias_shape=target.shape
+                )
+            out[key] = resized.to(table.dtype)
         except (ValueError, AssertionError, RuntimeError):
             continue  # not a table of a square window: the strict check reports its shape
         resampled.append(f"{tuple(table.shape)} -> {tuple(target.shape)}")
