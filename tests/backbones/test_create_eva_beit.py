@@ -44,6 +44,7 @@ def test_eva_pos_embed_is_resampled_like_timm_without_antialias(tmp_path):
     assert torch.isfinite(model(x)).all()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolator: torch deprecations
 def test_beit_tables_are_resampled_like_timm(tmp_path):
     sd = _checkpoint("beit_base_patch16_224", BEIT, tmp_path / "beit.safetensors")
     model = af.create_backbone(

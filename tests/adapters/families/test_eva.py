@@ -260,3 +260,24 @@ def test_bitfit_trains_evas_separate_q_and_v_biases():
     attn = model.blocks[0].attn
     assert attn.q_bias.requires_grad and attn.v_bias.requires_grad
     assert not attn.qkv.weight.requires_grad
+
+
+def test_lora_on_grouped_query_attention_is_refused_and_undone():
+    """Sapiens2-style attention (fewer k/v heads) would give LoRA a B of another height than
+    the fused layout task files record: refused in one line, the model left as it was."""
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model("vit_small_patch16_rope_224", img_size=64, depth=2,
+                                  embed_dim=64, num_heads=4, num_kv_heads=2, qkv_fused=False,
+                                  num_classes=3).eval()  # fmt: skip
+    except TypeError:
+        pytest.skip("this timm has no grouped-query attention in Eva")
+    x = torch.randn(1, 3, 64, 64)
+    before = model(x)
+    with pytest.raises(TypeError, match="grouped-query attention") as e:
+        af.inject(model, af.AdapterConfig(method="lora", bottleneck=4))
+    assert "\n" not in str(e.value)
+    assert type(model.blocks[0]) is EvaBlock and not hasattr(model, "adaptformer")
+    assert type(model.blocks[0].attn.q_proj) is torch.nn.Linear
+    af.inject(model, af.AdapterConfig(bottleneck=4, dropout=0.0))  # adapters still work
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)

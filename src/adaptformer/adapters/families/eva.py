@@ -86,6 +86,21 @@ def call_qkv_module(block: nn.Module) -> None:
     attn.qkv_bias_separate = True
 
 
+def prepare_lora(block: nn.Module) -> None:
+    """Refuse grouped-query attention (Sapiens2: fewer k/v heads than q heads), whose q, k, v
+    widths differ from the equal-width fused layout task files record for LoRA; otherwise
+    :func:`call_qkv_module`."""
+    attn = block.attn
+    q, k = getattr(attn, "q_proj", None), getattr(attn, "k_proj", None)
+    if q is not None and k is not None and q.out_features != k.out_features:
+        raise TypeError(
+            f"LoRA cannot adapt {type(attn).__name__} with grouped-query attention (k/v width "
+            f"{k.out_features}, q width {q.out_features}): task files hold LoRA as one fused "
+            "q/k/v of equal widths; use an adapter method (adaptformer, adapter_plus, ...)"
+        )
+    call_qkv_module(block)
+
+
 @contextlib.contextmanager
 def prompts_as_prefix(
     block: nn.Module, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -115,7 +130,7 @@ EVA = BlockFamily(
     lora_targets=lora_paths,
     mask_kwarg="attn_mask",
     prompt_context=prompts_as_prefix,
-    prepare_lora=call_qkv_module,
+    prepare_lora=prepare_lora,
     note=(
         "EVA/EVA-02/EVA-CLIP and timm's RoPE ViTs; gamma layer scale stays inside the branch; "
         "VPT prompts count as prefix tokens (not rotated by RoPE); post-norm blocks "
