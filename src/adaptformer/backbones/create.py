@@ -11,13 +11,13 @@ MAE's released ``.pth`` (weights under ``model``; decoder keys dropped), and Hug
 from __future__ import annotations
 
 import logging
-import math
 import re
+import warnings
 from pathlib import Path
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from ..utils.files import read_safetensors
@@ -184,48 +184,53 @@ def adapt_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, 
     return sd
 
 
-# Swin buffers computed from the window and the input size (non-persistent in timm 1.0; older
-# timm versions saved some of them): dropped from a checkpoint when the model does not keep them.
-_SWIN_DERIVED = ("relative_position_index", "relative_coords_table", "attn_mask")
+# Buffers computed from the window and the input size (non-persistent in timm 1.0; older timm
+# versions saved some of them): dropped from a checkpoint when the model does not keep them.
+_DERIVED = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
-def adapt_window_tables(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Swin's relative-position bias tables at the model's window sizes, as timm does it.
+def adapt_rel_pos_tables(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Resample relative-position bias tables (BEiT, Swin) to the model's windows, with timm's
+    own ``resize_rel_pos_bias_table`` (the interpolation of BEiT's fine-tuning code, which keeps
+    the class-token entries, and the one Swin's ``checkpoint_filter_fn`` applies), so a
+    checkpoint loads at another ``img_size``. At an input whose feature maps are smaller than a
+    Swin stage's window, timm shrinks that window to the map, so its table is smaller too.
 
-    At an input size whose feature maps are smaller than a stage's window, timm shrinks that
-    stage's window to the map (``SwinTransformerBlock._calc_window_shift``), so its table of
-    ``(2w-1)^2`` biases is smaller than the checkpoint's. The table is resized with timm's own
-    ``resize_rel_pos_bias_table``, the function ``timm.models.swin_transformer``'s
-    ``checkpoint_filter_fn`` applies when timm loads its hub weights at that size. The filter
-    itself is not called: in timm 1.0.21 it takes any checkpoint without ``head.fc.weight`` (a
-    headless timm file) for a Microsoft original and renumbers its ``downsample`` layers.
-    Derived buffers (relative-position indices, attention masks) are recomputed by the model,
-    so copies of them in the checkpoint are dropped. Other models pass through unchanged.
+    Swin's ``checkpoint_filter_fn`` is not called: in timm 1.0.21 it takes any checkpoint without
+    ``head.fc.weight`` (a headless timm file) for a Microsoft original and renumbers its
+    ``downsample`` layers. Derived buffers (relative-position indices, attention masks) are the
+    model's own: copies of them in the checkpoint are replaced or dropped.
     """
-    from timm.layers import resize_rel_pos_bias_table
-    from timm.models.swin_transformer import WindowAttention as SwinAttention
-    from timm.models.swin_transformer_v2 import WindowAttention as SwinV2Attention
-
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, SwinAttention)]
-    if not modules and not any(isinstance(m, SwinV2Attention) for m in model.modules()):
-        return sd
     own = model.state_dict()
-    out = {k: v for k, v in sd.items() if k in own or k.rsplit(".", 1)[-1] not in _SWIN_DERIVED}
-    resized = []
-    for name, m in modules:
-        key = f"{name}.relative_position_bias_table"
-        v, target = out.get(key), m.relative_position_bias_table
-        if v is None or v.shape == target.shape or v.ndim != 2 or v.shape[1] != target.shape[1]:
-            continue  # absent, fitting, or not a table: the strict check reports the last
-        side = math.isqrt(v.shape[0])
-        if side * side != v.shape[0]:
+    out = {k: v for k, v in sd.items() if k in own or k.rsplit(".", 1)[-1] not in _DERIVED}
+    resampled = []
+    for key, table in list(out.items()):
+        if key.endswith("relative_position_index"):
+            if key in own:
+                out[key] = own[key]
+            else:
+                del out[key]
             continue
-        out[key] = resize_rel_pos_bias_table(
-            v.float(), new_window_size=tuple(m.window_size), new_bias_shape=tuple(target.shape)
-        ).to(v.dtype)
-        resized.append(f"{key} {side}x{side} -> {tuple(m.window_size)} window")
-    if resized:
-        _log.info("resized %d relative-position tables (e.g. %s)", len(resized), resized[0])
+        target = own.get(key)
+        if not key.endswith("relative_position_bias_table") or target is None:
+            continue
+        window = getattr(model.get_submodule(key.rpartition(".")[0]), "window_size", None)
+        if target.shape == table.shape or window is None or table.ndim != 2:
+            continue
+        if table.shape[1] != target.shape[1]:
+            continue  # another head count: the strict check reports it
+        try:
+            with warnings.catch_warnings():  # timm's interpolator: torch deprecation chatter
+                warnings.filterwarnings("ignore", category=UserWarning, module="timm.layers")
+                resized = resize_rel_pos_bias_table(
+                    table.float(), new_window_size=tuple(window), new_bias_shape=target.shape
+                )
+            out[key] = resized.to(table.dtype)
+        except (ValueError, AssertionError, RuntimeError):
+            continue  # not a table of a square window: the strict check reports its shape
+        resampled.append(f"{tuple(table.shape)} -> {tuple(target.shape)}")
+    if resampled:
+        _log.info("resampled %d relative-position tables %s", len(resampled), resampled[0])
     return out
 
 
@@ -261,7 +266,7 @@ def load_backbone_weights(
     Raises:
         ValueError: listing missing, unexpected and wrongly shaped keys.
     """
-    sd = adapt_window_tables(model, adapt_pos_embed(model, to_timm_state_dict(sd)))
+    sd = adapt_rel_pos_tables(model, adapt_pos_embed(model, to_timm_state_dict(sd)))
     own = model.state_dict()
     classifier = model.get_classifier()
     # The classifier's own keys, wherever it sits (``head.weight``, Swin's ``head.fc.weight``).

@@ -9,10 +9,12 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BlockFamily, pre_norm_residual
+from .beit import BEIT
+from .eva import EVA
 from .swin import SWIN, SWINV2
 from .vit import VIT
 
-FAMILIES: list[BlockFamily] = [VIT, SWIN, SWINV2]
+FAMILIES: list[BlockFamily] = [VIT, EVA, BEIT, SWIN, SWINV2]
 
 # Families people try that have no spec yet, with the reason (a one-line refusal names them).
 UNSUPPORTED: dict[str, str] = {
