@@ -18,8 +18,9 @@ tensors sit inside a block and get that block's layer decay, as in timm (which g
 Which block a parameter belongs to comes from the family's block list
 (:func:`adaptformer.adapters.inject.model_blocks`), so every family works; a backbone parameter
 outside every block is placed by its order in ``named_parameters`` (registration order): before
-block ``k``'s parameters it gets block ``k``'s depth step minus one (embeddings: ``depth + 1``
-steps down), after the last block the full rate. Weight decay stays on matrices only.
+the first block one step below it (``depth + 1`` steps down: the embeddings), between two blocks
+the rate of the block before it (e.g. a Swin stage's patch merging), after the last block the
+full rate (final norms). Weight decay stays on matrices only.
 """
 
 from __future__ import annotations
