@@ -180,7 +180,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     for label in args.methods:
         folder, flags = (best, points[best]) if label == TUNED_FULL and best else METHODS[label]
-        if not folder:
+        if not folder:  # the tuned full fine-tuning before its grid has finished
+            rows[label] = {}
             continue
         seeds = {s: read_summary(args, folder, s) for s in args.seeds}
         rows[label] = {s: v | {"command": shlex.join(train_command(folder, flags, s, args))}

@@ -3,6 +3,7 @@ full fine-tuning grid is chosen on validation, and an interrupted table continue
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 from pathlib import Path
@@ -90,3 +91,25 @@ def test_a_started_run_is_resumed_and_a_finished_one_skipped(script, tmp_path, m
     assert calls[-1][-1] != "--resume" and len(calls) == 2
     script.train("linear", ["--method", "linear"], 1, args)  # finished: not run again
     assert len(calls) == 2
+
+
+def test_a_partial_table_lists_every_row_and_says_it_is_partial(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    args = argparse.Namespace(
+        work=Path("w"), data=Path("w/data"), checkpoint=Path("ck"), epochs=4, seeds=[0, 1],
+        methods=list(script.METHODS), full_grid=list(script.FULL_GRID), directions=4,
+    )  # fmt: skip
+    done = tmp_path / "w" / "seed0" / "adaptformer64"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps(_summary(99.0, 0.1, 98.0)))
+    results = script.collect(args)
+    assert results["rows"][script.TUNED_FULL] == {} and results["chosen"] is None
+    assert list(results["rows"]) == list(script.METHODS)
+    meta = {
+        "command": "c",
+        "data_command": ["d"],
+        "machine": {"cpu": "x", "cores": 2, "torch": "t", "date": "d", "load_average": []},
+    }
+    text = script.report(results, args, meta)  # fmt: skip
+    assert text.startswith("**Partial table: 1 of 20 runs finished**")
+    assert "| AdaptFormer-64 | 598,276 | 2.75% | 99.0 (1 seed) | 98.0 (1 seed) | 98.0 / - |" in text
