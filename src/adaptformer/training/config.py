@@ -112,7 +112,11 @@ class TrainConfig:
     """Everything a training run depends on (the resolved values are saved with the run)."""
 
     # backbone
-    model: str = _f(DEFAULT_MODEL, "registry name (see `adaptformer models`) or timm model name")
+    model: str = _f(
+        DEFAULT_MODEL,
+        "registry name (see `adaptformer models`), timm model name, or hf:FOLDER (a Hugging "
+        "Face ViT/DINOv2 save_pretrained folder)",
+    )
     checkpoint: str | None = _f(
         None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
     )
