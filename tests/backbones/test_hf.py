@@ -265,3 +265,17 @@ except UserFacingError as e:
         "Hugging Face backbones need transformers: pip install 'adaptformer[hf]'"
     )
     assert issubclass(UserFacingError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ([], r"has no weight_map of file names"),
+        ({"weight_map": {"a": "../../elsewhere.safetensors"}}, r"names a shard outside its folder"),
+    ],
+)
+def test_a_damaged_shard_index_is_refused(folder, index, message):
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=message):
+        load_hf_backbone(folder)

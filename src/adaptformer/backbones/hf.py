@@ -401,7 +401,8 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            mapping = read_json(index, "a Hugging Face weight index").get("weight_map")
+            raw = read_json(index, "a Hugging Face weight index")
+            mapping = raw.get("weight_map") if isinstance(raw, dict) else None
             if not isinstance(mapping, dict) or not all(
                 isinstance(v, str) for v in mapping.values()
             ):
