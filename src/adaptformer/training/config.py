@@ -241,6 +241,9 @@ class TrainConfig:
         problems = list(self._type_problems()) or list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
+        if self.model.startswith("hf:"):  # a folder, recorded absolute: eval, tasks, serve and
+            # export rebuild the backbone from the run's record, from any working directory
+            self.model = "hf:" + str(Path(self.model[3:]).expanduser().resolve())
 
     def _type_problems(self):
         """Every field's value against its annotation (a config file can hold anything), then
