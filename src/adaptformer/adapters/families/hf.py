@@ -39,18 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersLayer,
+)
 from transformers.models.vit.modeling_vit import ViTLayer
 
 from .base import BlockFamily
-
-try:  # added in transformers 4.48; the declared range has it, but it is not needed for ViT
-    from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
-        Dinov2WithRegistersLayer,
-    )
-
-    _DINOV2_LAYERS: tuple[type[nn.Module], ...] = (Dinov2Layer, Dinov2WithRegistersLayer)
-except ImportError:  # pragma: no cover - older transformers
-    _DINOV2_LAYERS = (Dinov2Layer,)
 
 # The separate q/k/v projections of HF's ``ViTSelfAttention`` / ``Dinov2SelfAttention``.
 QKV_PATHS = ("attention.attention.query", "attention.attention.key", "attention.attention.value")
@@ -131,7 +125,7 @@ HF_VIT = BlockFamily(
 
 HF_DINOV2 = BlockFamily(
     name="hf-dinov2",
-    block_types=_DINOV2_LAYERS,
+    block_types=(Dinov2Layer, Dinov2WithRegistersLayer),
     blocks=lambda model: _layers(model, ("dinov2", "dinov2_with_registers")),
     attn_branch=_dinov2_attn,
     mlp_branch=_dinov2_mlp,
