@@ -14,11 +14,11 @@ from timm.layers import resample_abs_pos_embed
 
 import adaptformer as af
 from adaptformer.backbones.create import pretrained_backbone
-from adaptformer.backbones.hf import HFVisionBackbone, load_hf_backbone
+from adaptformer.backbones.hf import HFVisionBackbone, load_hf_backbone, save_timm_as_hf
 from adaptformer.data.preprocess import model_stats
 from adaptformer.utils.errors import UserFacingError
 
-from ..helpers import TINY_HF_VIT, tiny_hf
+from ..helpers import TINY_HF_VIT, tiny_hf, tiny_vit
 
 transformers = pytest.importorskip("transformers", reason="transformers not installed ('.[hf]')")
 
@@ -279,3 +279,18 @@ def test_a_damaged_shard_index_is_refused(folder, index, message):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=message):
         load_hf_backbone(folder)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "model_type", "message"),
+    [
+        ({"reg_tokens": 2}, "dinov2", r"register tokens / no_embed_class are not converted"),
+        ({"qk_norm": True}, "dinov2", r"no extra norms"),
+        ({"layer_scale": True}, "vit", r"HF ViTModel has no LayerScale"),
+        ({}, "swin", r"model_type must be vit or dinov2"),
+    ],
+)
+def test_timm_models_without_an_hf_twin_are_refused(kwargs, model_type, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        save_timm_as_hf(tiny_vit(depth=1, **kwargs), tmp_path, model_type)
+    assert not any(tmp_path.iterdir())

@@ -509,7 +509,6 @@ _TIMM_TO_HF_LAYER = {
 }
 _TIMM_TO_HF_GLOBAL = {
     "cls_token": "embeddings.cls_token",
-    "reg_token": "embeddings.register_tokens",
     "pos_embed": "embeddings.position_embeddings",
     "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
     "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
@@ -554,8 +553,8 @@ def save_timm_as_hf(
 
     The converse of loading HF weights into timm: used to check that the two implementations
     give the same outputs on the same weights (tests, ``benchmarks/hf_parity.py``). Plain
-    pre-norm blocks with GELU MLPs only (ViT, DeiT, DINOv2 with or without LayerScale and
-    register tokens). ``dtype`` stores the tensors in that type (``torch.float16`` for weights
+    pre-norm blocks with GELU MLPs and no register tokens only (ViT, DeiT, DINOv2 with or without
+    LayerScale). ``dtype`` stores the tensors in that type (``torch.float16`` for weights
     that came from a float16 file: the position grid is then resampled from the same values
     on both paths).
     """
@@ -568,11 +567,23 @@ def save_timm_as_hf(
     b = blocks[0]
     if not isinstance(b.mlp.act, nn.GELU) or b.mlp.act.approximate != "none":
         raise ValueError("the Hugging Face models here use exact GELU; this model's MLP does not")
-    registers = int(getattr(model, "num_reg_tokens", 0) or 0)
-    if model_type == "dinov2" and registers:
-        model_type = "dinov2_with_registers"
-    if model_type == "vit" and (registers or not isinstance(b.ls1, nn.Identity)):
-        raise ValueError("HF ViTModel has no LayerScale or register tokens: use model_type dinov2")
+    if int(getattr(model, "num_reg_tokens", 0) or 0) or getattr(model, "no_embed_class", False):
+        raise ValueError(
+            "register tokens / no_embed_class are not converted: timm and Hugging Face give "
+            "them (and the class token) position embeddings differently"
+        )
+    extras = [getattr(model, "norm_pre", None), model.patch_embed.norm, b.attn.q_norm, b.attn.norm]
+    if getattr(model, "cls_token", None) is None or not all(
+        isinstance(m, nn.Identity) for m in extras
+    ):
+        raise ValueError(
+            "only ViTs with a class token and no extra norms (pre-norm, patch norm, qk-norm) "
+            "have a Hugging Face ViT/DINOv2 twin"
+        )
+    if model_type not in ("vit", "dinov2"):
+        raise ValueError(f"model_type must be vit or dinov2, not {model_type!r}")
+    if model_type == "vit" and not isinstance(b.ls1, nn.Identity):
+        raise ValueError("HF ViTModel has no LayerScale: use model_type dinov2")
     common = {
         "hidden_size": int(model.embed_dim),
         "num_hidden_layers": len(blocks),
@@ -588,9 +599,8 @@ def save_timm_as_hf(
     if model_type == "vit":
         config = transformers.ViTConfig(**common, intermediate_size=int(b.mlp.fc1.out_features))
     else:
-        extra = {"num_register_tokens": registers} if registers else {}
-        config = getattr(transformers, MODEL_TYPES[model_type][0])(
-            **common, mlp_ratio=b.mlp.fc1.out_features / model.embed_dim, **extra
+        config = transformers.Dinov2Config(
+            **common, mlp_ratio=b.mlp.fc1.out_features / model.embed_dim
         )
     kwargs = {"add_pooling_layer": False} if model_type == "vit" else {}
     hf = getattr(transformers, MODEL_TYPES[model_type][1])(config, **kwargs)
