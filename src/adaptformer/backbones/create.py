@@ -382,7 +382,17 @@ def pretrained_backbone(
     model: str, checkpoint: str | None, img_size: int, num_classes: int = 0
 ) -> nn.Module:
     """The image backbone a run or a task registry names: a registry name, a timm tag or an
-    architecture with a local ``checkpoint`` (the one builder training and serving share)."""
+    architecture with a local ``checkpoint``, or ``hf:FOLDER``, a Hugging Face ViT/DINOv2
+    ``save_pretrained`` folder (``backbones.hf``) (the one builder training and serving share)."""
+    from .hf import hf_folder, load_hf_backbone  # transformers is imported only when used
+
+    folder = hf_folder(model)
+    if folder is not None:
+        if checkpoint:
+            raise ValueError(
+                f"--model {model} reads its weights from its folder: drop --checkpoint"
+            )
+        return load_hf_backbone(folder, img_size, num_classes)
     arch, path, hub = backbone_source(model, checkpoint)
     return create_backbone(
         arch, checkpoint=path, img_size=img_size, num_classes=num_classes, pretrained=hub

@@ -112,7 +112,11 @@ class TrainConfig:
     """Everything a training run depends on (the resolved values are saved with the run)."""
 
     # backbone
-    model: str = _f(DEFAULT_MODEL, "registry name (see `adaptformer models`) or timm model name")
+    model: str = _f(
+        DEFAULT_MODEL,
+        "registry name (see `adaptformer models`), timm model name, or hf:FOLDER (a Hugging "
+        "Face ViT/DINOv2 save_pretrained folder)",
+    )
     checkpoint: str | None = _f(
         None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
     )
@@ -248,6 +252,9 @@ class TrainConfig:
         problems = list(self._type_problems()) or list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
+        if self.model.startswith("hf:"):  # a folder, recorded absolute: eval, tasks, serve and
+            # export rebuild the backbone from the run's record, from any working directory
+            self.model = "hf:" + str(Path(self.model[3:]).expanduser().resolve())
 
     def _type_problems(self):
         """Every field's value against its annotation (a config file can hold anything), then
