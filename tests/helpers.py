@@ -44,6 +44,32 @@ TINY_HF_VIT = dict(
 )
 
 
+def tiny_hf(kind: str = "vit", **overrides) -> torch.nn.Module:
+    """A random Hugging Face encoder of tiny_vit(depth=2)'s shape: ``vit`` (``ViTModel``),
+    ``dinov2`` (``Dinov2Model``, LayerScale) or ``registers`` (``Dinov2WithRegistersModel``,
+    2 register tokens); 32x32 inputs, patch 8."""
+    import transformers
+
+    common = {**TINY_HF_VIT, "qkv_bias": True}
+    if kind == "vit":
+        config = transformers.ViTConfig(**{**common, **overrides})
+        return transformers.ViTModel(config, add_pooling_layer=False).eval()
+    common.pop("intermediate_size")
+    common["layerscale_value"] = 0.5  # not 1.0, so a missing LayerScale would show
+    if kind == "dinov2":
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**{**common, **overrides}))
+    else:
+        config = transformers.Dinov2WithRegistersConfig(
+            num_register_tokens=2, **common, **overrides
+        )
+        model = transformers.Dinov2WithRegistersModel(config)
+    with torch.no_grad():  # HF initialises LayerScale to a constant; make each channel differ
+        for name, p in model.named_parameters():
+            if name.endswith("lambda1"):
+                p.uniform_(0.2, 1.0)
+    return model.eval()
+
+
 def randomize_(module: torch.nn.Module, std: float = 0.05) -> None:
     """Give every parameter of ``module`` non-zero random values (adapters start at zero)."""
     with torch.no_grad():

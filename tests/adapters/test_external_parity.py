@@ -1,6 +1,8 @@
 """The adapter family against implementations nobody here wrote: adapter-plus (timm ViT) and
 AdapterHub ``adapters`` (Hugging Face ViT). Same backbone, same adapter weights copied across by
-name, outputs equal to 1e-5 with train mode off, trainable-parameter counts equal exactly."""
+name, outputs equal to 1e-5 with train mode off, trainable-parameter counts equal exactly.
+AdapterHub is compared twice: on a timm ViT holding the HF weights (by conversion), and on the
+HF ViT itself, adapted through ``adaptformer.backbones.hf`` (the ``hf-vit`` spec)."""
 
 from __future__ import annotations
 
@@ -234,3 +236,66 @@ def test_adapterhub_houlsby_default_activation_is_silu(adapterhub):
         ours = _ours_from_adapterhub(hf, "houlsby", activation="silu")
         expected = hf(pixel_values=X).last_hidden_state
         torch.testing.assert_close(ours.forward_features(X), expected, atol=1e-5, rtol=1e-5)
+
+
+# -- AdapterHub and ours on the same Hugging Face ViT (``backbones.hf``, no conversion) ----------
+
+
+def _same_hf_vit_twice(adapters_lib, config):
+    """One HF ViT: a copy wrapped for adaptformer, the original given to AdapterHub."""
+    import copy
+
+    from adaptformer.backbones.hf import HFVisionBackbone
+
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    hf = transformers.ViTModel(transformers.ViTConfig(**TINY_HF_VIT), add_pooling_layer=False)
+    ours = HFVisionBackbone(copy.deepcopy(hf).eval())
+    adapters_lib.init(hf)
+    hf.add_adapter("t", config=config)
+    hf.train_adapter("t")
+    return hf.eval(), ours
+
+
+def _copy_from_adapterhub(hf, ours) -> None:
+    """AdapterHub's adapter weights into ours, by name (``blocks.i`` is HF's ``encoder.layer.i``)."""
+    where = {"output_adapters": "adaptmlp", "attention_adapters": "attn_adapter"}
+    names = {"adapter_down.0": "down_proj", "adapter_up": "up_proj", "scaling": "scale"}
+    params = af.adapter_parameters(ours, "default")
+    copied = set()
+    with torch.no_grad():
+        for k, v in hf.state_dict().items():
+            if ".adapters.t." not in k:
+                continue
+            layer = k.split("encoder.layer.")[1].split(".")[0]
+            slot = next(ours_name for hub, ours_name in where.items() if f".{hub}." in k)
+            tail = k.split(".adapters.t.")[1]
+            for a, b in names.items():
+                tail = tail.replace(a, b)
+            target = f"blocks.{layer}.{slot}.default.{tail}"
+            params[target].copy_(v)
+            copied.add(target)
+    assert copied == set(params)  # every adapter parameter of ours came from AdapterHub
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"),
+    [("pfeiffer", {}), ("houlsby", {}), ("adapter_plus", {}), ("houlsby", {"activation": "silu"})],
+)
+def test_matches_adapterhub_on_the_same_hf_vit(adapterhub, method, overrides):
+    """Our spec for HF's ``ViTLayer`` against AdapterHub's own patching of the same layers."""
+    configs = _hub_configs(adapterhub)
+    if overrides:  # AdapterHub's Houlsby default (swish)
+        configs["houlsby"] = adapterhub.DoubleSeqBnConfig(reduction_factor=6)
+    hf, ours = _same_hf_vit_twice(adapterhub, configs[method])
+    af.inject(ours, af.AdapterConfig(method=method, bottleneck=8, **overrides))
+    ours.eval()
+    with torch.no_grad():
+        for p in (p for n, p in hf.named_parameters() if ".adapters.t." in n):
+            p.add_(torch.randn_like(p) * 0.2)
+        _copy_from_adapterhub(hf, ours)
+        expected = hf(pixel_values=X).last_hidden_state
+        torch.testing.assert_close(ours.forward_features(X), expected, atol=1e-5, rtol=1e-5)
+        with af.disable_adapters(ours):  # the adapters really act on both sides
+            assert not torch.allclose(ours.forward_features(X), expected, atol=1e-3)
+    hub_trainable = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    assert _adapter_count(ours) == hub_trainable

@@ -153,3 +153,12 @@ def test_train_names_the_config_file_of_a_bad_value(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("adaptformer: error: img_size 100000 is too large: at most 1024")
     assert str(path) in err[-1] and len(err) == 1
+
+
+def test_an_hf_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """``--model hf:FOLDER`` is a path: runs record it absolute, so eval/serve find it anywhere."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(model="hf:models/dinov2")
+    assert cfg.model == f"hf:{tmp_path.resolve() / 'models' / 'dinov2'}"
+    assert TrainConfig(model=cfg.model).model == cfg.model  # reloading changes nothing
+    assert TrainConfig(model="vit_small_patch14_dinov2").model == "vit_small_patch14_dinov2"

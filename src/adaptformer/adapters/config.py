@@ -176,6 +176,15 @@ class AdapterConfig:
             _PER_METHOD,
         ),
     )
+    bottleneck_ratio: float | None = field(
+        default=None,
+        metadata=_help(
+            "adapter hidden width / LoRA rank as a fraction of each block's width, instead of "
+            "one bottleneck: r = max(1, round(ratio x width)), halves rounded up (0.083: "
+            "64 at ViT-B's 768, dim // 12 at Swin-T's 96..768, the AdaptFormer author's advice "
+            "for Swin); exclusive with bottleneck"
+        ),
+    )
     scale: float | Literal["learnable", "channel"] | None = field(
         default=None,
         metadata=_help(
@@ -252,17 +261,30 @@ class AdapterConfig:
         # Unset knobs take the method's preset; methods outside the adapter family keep
         # AdaptFormer's (so ``lora`` still means rank 64 and old configs read back unchanged).
         preset = ADAPTER_PRESETS.get(self.method, ADAPTER_PRESETS["adaptformer"])
+        both = self.bottleneck is not None and self.bottleneck_ratio is not None
         for name in PRESET_FIELDS:
+            if name == "bottleneck" and self.bottleneck_ratio is not None:
+                continue  # the widths decide it, block by block (bottleneck_for)
             if getattr(self, name) is None:
                 setattr(self, name, getattr(preset, name))
         problems = list(self._problems())
+        if both:
+            problems.insert(
+                0,
+                f"bottleneck={self.bottleneck!r} and bottleneck_ratio={self.bottleneck_ratio!r} "
+                "both set the adapter width: give one of them",
+            )
         if problems:
             raise ValueError("invalid AdapterConfig: " + "; ".join(problems))
 
     def _problems(self):
         if self.method not in METHODS:
             yield f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}"
-        if not _is_positive_int(self.bottleneck):
+        if self.bottleneck_ratio is not None:
+            ratio = self.bottleneck_ratio
+            if not is_finite_number(ratio) or not 0.0 < ratio <= 1.0:
+                yield f"bottleneck_ratio={ratio!r} must be a fraction in (0, 1] (Swin: 0.083)"
+        elif not _is_positive_int(self.bottleneck):
             yield f"bottleneck={self.bottleneck!r} must be a positive integer (paper: 64)"
         if self.scale not in ("learnable", "channel") and not is_finite_number(self.scale):
             yield (
@@ -296,6 +318,20 @@ class AdapterConfig:
             yield f"lora_alpha={self.lora_alpha!r} must be a positive finite number"
         if not isinstance(self.head_batchnorm, bool):
             yield f"head_batchnorm={self.head_batchnorm!r} must be true or false"
+
+    def bottleneck_for(self, width: int) -> int:
+        """The adapter hidden width (or LoRA rank) in a block of ``width`` channels.
+
+        ``bottleneck`` when given; otherwise ``bottleneck_ratio x width`` rounded to the nearest
+        integer, halves up, and at least 1. Nearest rather than floor, so 0.083 gives the
+        paper's 64 at ViT-B's 768 (63.7) and the AdaptFormer author's ``dim // 12`` for Swin at
+        Swin-T/S's 96, 192, 384, 768 (8, 16, 32, 64); it can differ from ``dim // 12`` by one
+        at other widths (Swin-B's 128: 11, not 10).
+        """
+        if self.bottleneck_ratio is None:
+            assert self.bottleneck is not None
+            return self.bottleneck
+        return max(1, math.floor(self.bottleneck_ratio * width + 0.5))
 
     def resolve_layers(self, depth: int) -> list[int]:
         """The sorted block indices this adapter touches in a model with ``depth`` blocks.

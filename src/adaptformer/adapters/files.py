@@ -9,6 +9,7 @@ what does not fit, instead of leaving anything silently uninitialised.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,8 @@ def _not_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def _config_too_large(config: AdapterConfig) -> list[str]:
     """The config's own multipliers (a fixed adapter scale, LoRA's alpha / r) are weights too."""
-    factors = {"lora_alpha / bottleneck": config.lora_alpha / max(config.bottleneck, 1)}
+    # With bottleneck_ratio the smallest rank a block can get is 1.
+    factors = {"lora_alpha / bottleneck": config.lora_alpha / max(config.bottleneck or 1, 1)}
     if is_finite_number(config.scale):
         factors["scale"] = config.scale
     return [
@@ -325,24 +327,40 @@ def _size_problems(
     file declares. Checked before anything is built, so a config asking for 10**9 classes is
     refused instead of allocated."""
     head = "head.1.weight" if config.head_batchnorm else "head.weight"
-    expect: dict[str, tuple[str, int]] = {}  # key suffix -> (config field, first dimension)
+    # key suffix -> (what the config says, first dimension given the tensor's shape)
+    expect: dict[str, tuple[str, Callable[[tuple[int, ...]], int | None]]] = {}
     if num_classes > 0:
-        expect[head] = ("num_classes", num_classes)
+        expect[head] = (f"num_classes={num_classes}", lambda shape: num_classes)
+    rank = _rank_rule(config)
     if method_rule(config.method).bottleneck_adapter:
-        expect[".adaptmlp.down_proj.weight"] = ("bottleneck", config.bottleneck)
+        expect[".adaptmlp.down_proj.weight"] = rank
     elif config.method == "lora":
-        expect[".lora_A.weight"] = ("bottleneck", config.bottleneck)
+        expect[".lora_A.weight"] = rank
     elif config.method == "vpt":
-        expect[".prompts"] = ("prompt_tokens", config.prompt_tokens)
+        expect[".prompts"] = (
+            f"prompt_tokens={config.prompt_tokens}",
+            lambda s: config.prompt_tokens,
+        )
     problems = []
-    for suffix, (field, size) in expect.items():
+    for suffix, (said, size_of) in expect.items():
         found = [(k, t.shape) for k, t in header.items() if k == suffix or k.endswith(suffix)]
-        wrong = [f"{k} {shape}" for k, shape in found if not shape or shape[0] != size]
+        wrong = [f"{k} {shape}" for k, shape in found if not shape or shape[0] != size_of(shape)]
         if not found:
-            problems.append(f"{field}={size} but the file has no {suffix.lstrip('.')} tensor")
+            problems.append(f"{said} but the file has no {suffix.lstrip('.')} tensor")
         elif wrong:
-            problems.append(f"{field}={size} but the file has {', '.join(sorted(wrong)[:3])}")
+            problems.append(f"{said} but the file has {', '.join(sorted(wrong)[:3])}")
     return problems
+
+
+def _rank_rule(config: AdapterConfig) -> tuple[str, Callable[[tuple[int, ...]], int | None]]:
+    """What the config says about the first dimension of ``down_proj``/``lora_A`` (r x width):
+    one bottleneck, or one per block from the width that tensor reads (its second dimension)."""
+    if config.bottleneck_ratio is None:
+        return f"bottleneck={config.bottleneck}", lambda shape: config.bottleneck
+    return (
+        f"bottleneck_ratio={config.bottleneck_ratio:g} (round(ratio x width) per block)",
+        lambda shape: config.bottleneck_for(shape[1]) if len(shape) == 2 else None,
+    )
 
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> nn.Module:

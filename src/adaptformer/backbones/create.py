@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
 from torch import nn
 
 from ..utils.files import read_safetensors
@@ -183,6 +184,56 @@ def adapt_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, 
     return sd
 
 
+# Buffers computed from the window and the input size (non-persistent in timm 1.0; older timm
+# versions saved some of them): dropped from a checkpoint when the model does not keep them.
+_DERIVED = ("relative_position_index", "relative_coords_table", "attn_mask")
+
+
+def adapt_rel_pos_tables(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Resample relative-position bias tables (BEiT, Swin) to the model's windows, with timm's
+    own ``resize_rel_pos_bias_table`` (the interpolation of BEiT's fine-tuning code, which keeps
+    the class-token entries, and the one Swin's ``checkpoint_filter_fn`` applies), so a
+    checkpoint loads at another ``img_size``. At an input whose feature maps are smaller than a
+    Swin stage's window, timm shrinks that window to the map, so its table is smaller too.
+
+    Swin's ``checkpoint_filter_fn`` is not called: in timm 1.0.21 it takes any checkpoint without
+    ``head.fc.weight`` (a headless timm file) for a Microsoft original and renumbers its
+    ``downsample`` layers. Derived buffers (relative-position indices, attention masks) are the
+    model's own: copies of them in the checkpoint are replaced or dropped.
+    """
+    own = model.state_dict()
+    out = {k: v for k, v in sd.items() if k in own or k.rsplit(".", 1)[-1] not in _DERIVED}
+    resampled = []
+    for key, table in list(out.items()):
+        if key.endswith("relative_position_index"):
+            if key in own:
+                out[key] = own[key]
+            else:
+                del out[key]
+            continue
+        target = own.get(key)
+        if not key.endswith("relative_position_bias_table") or target is None:
+            continue
+        window = getattr(model.get_submodule(key.rpartition(".")[0]), "window_size", None)
+        if target.shape == table.shape or window is None or table.ndim != 2:
+            continue
+        if table.shape[1] != target.shape[1]:
+            continue  # another head count: the strict check reports it
+        try:
+            with warnings.catch_warnings():  # timm's interpolator: torch deprecation chatter
+                warnings.filterwarnings("ignore", category=UserWarning, module="timm.layers")
+                resized = resize_rel_pos_bias_table(
+                    table.float(), new_window_size=tuple(window), new_bias_shape=target.shape
+                )
+            out[key] = resized.to(table.dtype)
+        except (ValueError, AssertionError, RuntimeError):
+            continue  # not a table of a square window: the strict check reports its shape
+        resampled.append(f"{tuple(table.shape)} -> {tuple(target.shape)}")
+    if resampled:
+        _log.info("resampled %d relative-position tables %s", len(resampled), resampled[0])
+    return out
+
+
 def check_state_dict(
     own: dict[str, torch.Tensor],
     sd: dict[str, torch.Tensor],
@@ -215,9 +266,12 @@ def load_backbone_weights(
     Raises:
         ValueError: listing missing, unexpected and wrongly shaped keys.
     """
-    sd = adapt_pos_embed(model, to_timm_state_dict(sd))
+    sd = adapt_rel_pos_tables(model, adapt_pos_embed(model, to_timm_state_dict(sd)))
     own = model.state_dict()
-    head_keys = {f"head.{k}" for k in model.get_classifier().state_dict()}
+    classifier = model.get_classifier()
+    # The classifier's own keys, wherever it sits (``head.weight``, Swin's ``head.fc.weight``).
+    path = next((n for n, m in model.named_modules() if m is classifier), "head")
+    head_keys = {f"{path}.{k}" for k in classifier.state_dict()}
     ckpt_head = {k for k in sd if k.startswith("head.")}
     if ckpt_head and any(k not in own or own[k].shape != sd[k].shape for k in ckpt_head):
         _log.info(
@@ -328,7 +382,17 @@ def pretrained_backbone(
     model: str, checkpoint: str | None, img_size: int, num_classes: int = 0
 ) -> nn.Module:
     """The image backbone a run or a task registry names: a registry name, a timm tag or an
-    architecture with a local ``checkpoint`` (the one builder training and serving share)."""
+    architecture with a local ``checkpoint``, or ``hf:FOLDER``, a Hugging Face ViT/DINOv2
+    ``save_pretrained`` folder (``backbones.hf``) (the one builder training and serving share)."""
+    from .hf import hf_folder, load_hf_backbone  # transformers is imported only when used
+
+    folder = hf_folder(model)
+    if folder is not None:
+        if checkpoint:
+            raise ValueError(
+                f"--model {model} reads its weights from its folder: drop --checkpoint"
+            )
+        return load_hf_backbone(folder, img_size, num_classes)
     arch, path, hub = backbone_source(model, checkpoint)
     return create_backbone(
         arch, checkpoint=path, img_size=img_size, num_classes=num_classes, pretrained=hub

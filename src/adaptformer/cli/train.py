@@ -33,9 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Two options for one thing (the adapter width): a flag of one replaces the other's value
+# from --config; both as flags is refused.
+_WIDTH = ("bottleneck", "bottleneck_ratio")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = read_yaml(args.config) if args.config else {}
-    values.update(given(args, TrainConfig))
+    flags = given(args, TrainConfig)
+    named = [name for name in _WIDTH if flags.get(name) is not None]
+    if len(named) > 1:
+        raise ValueError(
+            "--bottleneck and --bottleneck-ratio both set the adapter width: give one of them"
+        )
+    if named:
+        values.update(dict.fromkeys(_WIDTH, None))
+    values.update(flags)
     try:
         return TrainConfig.from_dict(values)
     except ValueError as e:

@@ -221,6 +221,21 @@ def _eval_batchnorm(self: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     return y * self.weight + self.bias if self.affine else y
 
 
+class _PositionalOnly(nn.Module):
+    """``module`` called with the exported inputs alone. The ONNX tracer passes every other
+    parameter of ``forward`` that has a default as an extra input, and turns a ``bool`` one
+    into a tensor (timm's ``Eva.forward(x, attn_mask=None, is_causal=False)`` then fails in
+    ``scaled_dot_product_attention``); ``forward(*inputs)`` declares no others."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.train(module.training)  # the exporter restores this mode on the model afterwards
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs)
+
+
 def _to_onnx(
     module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, multi: bool, info: dict
 ) -> None:
@@ -232,7 +247,7 @@ def _to_onnx(
         ) from e
     inputs = ["image", "task_index"] if multi else ["image"]
     torch.onnx.export(
-        module,
+        _PositionalOnly(module),
         args,
         str(path),
         dynamo=False,

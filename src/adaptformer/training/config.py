@@ -112,7 +112,11 @@ class TrainConfig:
     """Everything a training run depends on (the resolved values are saved with the run)."""
 
     # backbone
-    model: str = _f(DEFAULT_MODEL, "registry name (see `adaptformer models`) or timm model name")
+    model: str = _f(
+        DEFAULT_MODEL,
+        "registry name (see `adaptformer models`), timm model name, or hf:FOLDER (a Hugging "
+        "Face ViT/DINOv2 save_pretrained folder)",
+    )
     checkpoint: str | None = _f(
         None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
     )
@@ -163,6 +167,7 @@ class TrainConfig:
     # is ``adapter_dropout`` here, because its default depends on images vs video.
     method: str = _a("method", choices=list(METHODS))
     bottleneck: int | None = _a("bottleneck")
+    bottleneck_ratio: float | None = _a("bottleneck_ratio")
     scale: float | str | None = _a("scale", parse=parse_scale)
     adapter_dropout: float | None = _f(
         None,
@@ -200,6 +205,16 @@ class TrainConfig:
         "(README: default learning rates)",
     )
     min_lr: float = _f(0.0, "learning rate at the end of the cosine")
+    layer_decay: float = _f(
+        1.0,
+        "layer-wise lr decay: block i of depth d trains at lr x decay**(d - i), the embeddings "
+        "at decay**(d + 1), the head at lr (MAE/VideoMAE fine-tuning: 0.75); 1: off",
+    )
+    new_params_lr_scale: float = _f(
+        1.0,
+        "lr multiplier of the parameters no checkpoint provides: the head and fresh backbone "
+        "parameters (an inflated video model's time_embed); adapter tensors keep the method's lr",
+    )
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "weight decay (on matrices only; paper: 0)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy (paper: 0)")
@@ -242,6 +257,9 @@ class TrainConfig:
         problems = list(self._type_problems()) or list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
+        if self.model.startswith("hf:"):  # a folder, recorded absolute: eval, tasks, serve and
+            # export rebuild the backbone from the run's record, from any working directory
+            self.model = "hf:" + str(Path(self.model[3:]).expanduser().resolve())
 
     def _type_problems(self):
         """Every field's value against its annotation (a config file can hold anything), then
@@ -289,6 +307,10 @@ class TrainConfig:
                 f"{WARMUP_FRACTION * self.epochs:g}) or leave it unset "
                 f"(default {WARMUP_FRACTION:g} of the run)"
             )
+        if not 0 < self.layer_decay <= 1:
+            yield f"--layer-decay must be in (0, 1] (1: off), got {self.layer_decay!r}"
+        if not self.new_params_lr_scale > 0:
+            yield f"--new-params-lr-scale must be positive, got {self.new_params_lr_scale!r}"
         if not 0 <= self.val_fraction < 1:
             yield f"--val-fraction must be in [0, 1), got {self.val_fraction!r}"
         if (self.warmup_epochs or 0) < 0 or self.min_lr < 0 or self.weight_decay < 0:

@@ -174,8 +174,8 @@ def train_one_epoch(
         if i % accum_steps == 0:
             lr = schedule(epoch + i / steps)
             lr_peak = max(lr_peak, lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group in optimizer.param_groups:  # lr_scale: layer decay, new parameters
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         if every_rank(batch is not None, device):  # else every rank skips this step
             x, y = batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

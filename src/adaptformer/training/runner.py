@@ -38,6 +38,7 @@ from .engine import DivergenceGuard, GlobalBatchSampler, Schedule, train_one_epo
 from .eta import EtaLoader
 from .interrupt import DeferredInterrupt
 from .modality import Modality, data_stats, modality_of
+from .param_groups import describe_lr_scales, param_groups
 from .plots import plot_learning_curve
 from .run_folder import (
     CHECKPOINT,
@@ -86,14 +87,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Weight decay on matrices only (nanoGPT/MAE convention): never on biases, norms, scales."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """Groups per lr multiplier and weight decay (:mod:`.param_groups`); weight decay on
+    matrices only."""
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.new_params_lr_scale)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=lr)
@@ -175,7 +173,7 @@ def _fit(
     if dry_run:  # the plan, checked as far as it can be without writing or training
         world_batch, schedule = plan_schedule(cfg, info)
         steps = loader_steps(cfg, sampler) // cfg.accum_steps
-        _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps))
+        _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps, model))
         _log.info("dry run: nothing written; %s would hold the run", out)
         return {}
 
@@ -216,7 +214,8 @@ def _train(
         _log.info("resuming %s at epoch %d/%d", run.out, start_epoch + 1, cfg.epochs)
     _write_metrics(run, history)
     steps = loader_steps(cfg, sampler)
-    _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps // cfg.accum_steps))
+    steps_per_epoch = steps // cfg.accum_steps
+    _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps_per_epoch, model))
 
     trackers = Trackers(cfg.log_to if info.is_main else [], run.out, cfg.to_dict())
     # One process: the first Ctrl-C stops before the next step (torchrun handles DDP's).
@@ -288,9 +287,14 @@ def loader_steps(cfg: TrainConfig, sampler: GlobalBatchSampler) -> int:
 
 
 def describe_schedule(
-    cfg: TrainConfig, schedule: Schedule, world_batch: int, steps_per_epoch: int
+    cfg: TrainConfig,
+    schedule: Schedule,
+    world_batch: int,
+    steps_per_epoch: int,
+    model: nn.Module | None = None,
 ) -> str:
-    """One log line with the resolved schedule, so a run that cannot train is seen at once."""
+    """One log line with the resolved schedule, so a run that cannot train is seen at once;
+    given the (marked) model, it also names the lr multipliers of its parameter groups."""
     total = steps_per_epoch * cfg.epochs
     warmup = round(schedule.warmup_epochs * steps_per_epoch)
     source = (
@@ -304,6 +308,11 @@ def describe_schedule(
         f"{cfg.epochs} epochs); linear warm-up over {warmup} steps "
         f"({schedule.warmup_epochs:g} epochs) to peak lr {schedule.lr:.3g} ({source}); "
         f"half-cycle cosine to final lr {schedule(cfg.epochs):.3g}"
+        + (
+            ""
+            if model is None
+            else "; " + describe_lr_scales(model, cfg.layer_decay, cfg.new_params_lr_scale)
+        )
     )
 
 
@@ -378,8 +387,11 @@ def _load_checkpoint(run: Run, optimizer, scaler) -> tuple[int, list, dict, floa
         problems.append(f"next_epoch {ckpt['next_epoch']} is past --epochs {run.cfg.epochs}")
     if problems:
         raise damaged_checkpoint(path, "; ".join(problems))
+    planned = [g["lr_scale"] for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, scale in zip(optimizer.param_groups, planned, strict=True):
+            group["lr_scale"] = scale  # the config's (older checkpoints saved none)
         if scaler and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])

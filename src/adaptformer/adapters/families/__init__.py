@@ -9,9 +9,12 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BlockFamily, pre_norm_residual
+from .beit import BEIT
+from .eva import EVA
+from .swin import SWIN, SWINV2
 from .vit import VIT
 
-FAMILIES: list[BlockFamily] = [VIT]
+FAMILIES: list[BlockFamily] = [VIT, EVA, BEIT, SWIN, SWINV2]
 
 # Families people try that have no spec yet, with the reason (a one-line refusal names them).
 UNSUPPORTED: dict[str, str] = {
@@ -19,7 +22,18 @@ UNSUPPORTED: dict[str, str] = {
     "output differ in length and no residual stream exists for a parallel adapter",
     "MultiScaleVit": "MViTv2 pools queries and keys inside attention and changes width within a "
     "block, so the residual stream the adapter reads changes shape mid-block",
+    "VideoMAEModel": "Hugging Face's VideoMAE is not wrapped (its attention calls F.linear on the "
+    "q/k/v weights and it takes (B, T, C, H, W) clips): use --model videomae_* with VideoMAE's "
+    "released checkpoint, adaptformer's own video ViT",
 }
+# Hugging Face encoders are adapted inside the wrapper that gives them timm's interface (head,
+# forward_features); its specs (families.hf) register themselves when it wraps a model.
+UNSUPPORTED |= dict.fromkeys(
+    [f"{m}{s}" for m in ("ViT", "Dinov2", "Dinov2WithRegisters") for s in ("Model", "ForImageClassification")],
+    "wrap it first with adaptformer.backbones.hf.HFVisionBackbone(model) (or train with "
+    "--model hf:FOLDER), which gives it the head and forward_features the adapters use",
+)  # fmt: skip
+UNSUPPORTED["VideoMAEForVideoClassification"] = UNSUPPORTED["VideoMAEModel"]
 
 
 def register_family(family: BlockFamily) -> BlockFamily:
