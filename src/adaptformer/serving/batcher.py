@@ -25,7 +25,7 @@ server's health check turns to 503).
 
 Only the model thread runs the model. Hot task changes take :attr:`Batcher.model_lock`, the
 lock every forward pass holds, so an adapter is never added or removed in the middle of a pass
-(the routing of a mixed batch sits on the model's modules while it runs).
+(a pass reads the task modules and their banks, which adding or removing a task changes).
 """
 
 from __future__ import annotations
