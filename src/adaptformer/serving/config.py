@@ -41,6 +41,11 @@ class ServeConfig:
         "per pass (the last two are baselines for benchmarks)",
         choices=BATCHING,
     )
+    compile: bool = _f(
+        False,
+        "run mixed-task passes through torch.compile: one graph for every mix of tasks, "
+        "compiled on the first passes (minutes on a CPU; docs/multitask.md has what it bought)",
+    )
     max_upload_mb: float = _f(10.0, "request body size limit in MiB (413 beyond it)")
     body_timeout: float = _f(
         20.0,
@@ -70,11 +75,6 @@ class ServeConfig:
     top_k: int = _f(5, "labels per task and image when a request gives no top_k")
     decode_threads: int = _f(2, "threads decoding and preprocessing images")
     threads: int = _f(0, "torch threads for the forward pass (0: torch's default)")
-    compile: bool = _f(
-        False,
-        "run mixed-task passes through torch.compile: one graph for every mix of tasks, "
-        "compiled on the first passes (minutes on a CPU; docs/multitask.md has what it bought)",
-    )
 
     def __post_init__(self) -> None:
         counts = {
