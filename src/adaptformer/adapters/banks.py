@@ -78,6 +78,33 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What an eager pass needs from one bank, known from its tasks (``TaskBanks.plan``): the
+    largest rank among them (the padding beyond is zero for every row) and, when only some rows'
+    tasks have an adapter there, those rows (the others' update is exactly zero). Compiled and
+    traced passes use no cut: their shapes must not depend on the mix."""
+
+    rank: int
+    rows: torch.Tensor | None = None
+
+
+def _rows_of(
+    h: torch.Tensor, index: torch.Tensor, cut: Cut | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h`` (``(B, ..., d)``) and ``index`` restricted to the cut's rows."""
+    if cut is None or cut.rows is None:
+        return h, index
+    return h.index_select(0, cut.rows), index.index_select(0, cut.rows)
+
+
+def _scatter(u: torch.Tensor, batch: int, cut: Cut | None) -> torch.Tensor:
+    """``u`` computed on the cut's rows, placed in a ``batch``-row tensor of zeros."""
+    if cut is None or cut.rows is None:
+        return u
+    return u.new_zeros((batch, *u.shape[1:])).index_copy_(0, cut.rows, u)
+
+
 class AdaptBank:
     """Every task's AdaptMLP at one point of one block: slot ``s`` holds task ``s``'s."""
 
@@ -161,18 +188,15 @@ class AdaptBank:
         self.empty = not kinds
 
     def __call__(
-        self, x: torch.Tensor, index: torch.Tensor, rank: int | None = None
+        self, x: torch.Tensor, index: torch.Tensor, cut: Cut | None = None
     ) -> torch.Tensor:
-        """Each sample's own AdaptMLP update of ``x`` (``(B, ..., d)``, sample-major).
-
-        ``rank``: the largest bottleneck among the tasks of this batch, when known (eager
-        passes): the padding beyond it is zero for every row, so it is not computed.
-        """
-        shape, dt = x.shape, x.dtype
+        """Each sample's own AdaptMLP update of ``x`` (``(B, ..., d)``, sample-major); ``cut``
+        skips what the batch's tasks do not need (eager passes)."""
+        shape, dt, batch = x.shape, x.dtype, index.shape[0]
         down, down_b, up = self.down, self.down_b, self.up
-        if rank is not None and rank < self.rank:
-            down, down_b, up = down[:, :, :rank], down_b[:, :rank], up[:, :rank]
-        h = x.reshape(index.shape[0], -1, self.dim)
+        if cut is not None and cut.rank < self.rank:
+            down, down_b, up = down[:, :, : cut.rank], down_b[:, : cut.rank], up[:, : cut.rank]
+        h, index = _rows_of(x.reshape(batch, -1, self.dim), index, cut)
         if self.any_ln_in:
             normed = F.layer_norm(h, (self.dim,), eps=self.eps)
             h = torch.where(self.ln_in.index_select(0, index)[:, None, None], normed, h)
@@ -186,7 +210,7 @@ class AdaptBank:
                 + _pick(self.out_b, index, dt)[:, None]
             )
             u = torch.where(self.ln_out.index_select(0, index)[:, None, None], normed, u)
-        return u.reshape(shape)
+        return _scatter(u, batch, cut).reshape(shape)
 
     def _activate(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         first, *others = self.activations
@@ -247,20 +271,21 @@ class LoRABank:
         rows: tuple[int, int],
         x: torch.Tensor,
         index: torch.Tensor,
-        rank: int | None = None,
+        cut: Cut | None = None,
     ) -> torch.Tensor:
         """Each sample's own update of output ``rows`` for ``x`` (``(B * k, ..., d_in)``:
-        ``k`` consecutive rows per sample, e.g. Swin's windows); ``rank`` as in
+        ``k`` consecutive rows per sample, e.g. Swin's windows); ``cut`` as in
         :meth:`AdaptBank.__call__`."""
         start, stop = rows
-        a, b = self.A, self.B
-        if rank is not None and rank < self.rank:
-            a, b = a[:, :, :rank], b[:, :rank]
+        a, b, batch = self.A, self.B, index.shape[0]
+        if cut is not None and cut.rank < self.rank:
+            a, b = a[:, :, : cut.rank], b[:, : cut.rank]
         if (start, stop) != (0, self.rows):
             b = b[:, :, start:stop]
-        h = x.reshape(index.shape[0], -1, x.shape[-1])
+        h, index = _rows_of(x.reshape(batch, -1, x.shape[-1]), index, cut)
         low = torch.bmm(h, _pick(a, index, h.dtype))
-        return torch.bmm(low, _pick(b, index, h.dtype)).reshape(*x.shape[:-1], stop - start)
+        out = _scatter(torch.bmm(low, _pick(b, index, h.dtype)), batch, cut)
+        return out.reshape(*x.shape[:-1], stop - start)
 
 
 def fold_head(head: nn.Module, dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -555,31 +580,43 @@ class TaskBanks:
     def block_banks(self, block: nn.Module) -> dict[str, AdaptBank]:
         return self.points.get(id(block), {})
 
-    def limits(self, tasks: Iterable[str]) -> dict[int, int]:
-        """``id(bank) -> largest rank`` over ``tasks``: the banks a batch of these tasks needs
-        (the others add exactly zero to its rows) and how much of their padding it reads."""
-        out: dict[int, int] = {}
-        for t in tasks:
+    def plan(self, tasks: Sequence[str]) -> dict[int, Cut]:
+        """``id(bank) -> Cut`` for a batch whose rows run ``tasks``: the banks it needs (the
+        others add exactly zero to all its rows), the largest rank of each, and the rows whose
+        task has an adapter there when not all do."""
+        present = list(dict.fromkeys(tasks))
+        users: dict[int, list[str]] = {}
+        ranks: dict[int, int] = {}
+        for t in present:
             for bank, rank in self.entries[t].uses.items():
-                if rank > out.get(bank, 0):
-                    out[bank] = rank
-        return out
+                users.setdefault(bank, []).append(t)
+                ranks[bank] = max(rank, ranks.get(bank, 0))
+        rows: dict[frozenset[str], torch.Tensor | None] = {}  # banks of one task set share it
+        plan = {}
+        for bank, names in users.items():
+            key = frozenset(names)
+            if key not in rows:
+                picked = [i for i, t in enumerate(tasks) if t in key]
+                every = len(picked) == len(tasks)
+                rows[key] = None if every else torch.tensor(picked, device=self.device)
+            plan[bank] = Cut(ranks[bank], rows[key])
+        return plan
 
     def lora_delta(
         self,
         layer: LoRALinear,
         x: torch.Tensor,
         index: torch.Tensor,
-        limits: dict[int, int] | None = None,
+        plan: dict[int, Cut] | None = None,
     ) -> torch.Tensor | None:
         owner, rows = self.lora_rows.get(id(layer), (None, (0, 0)))
         bank = self.lora.get(owner) if owner is not None else None
         if bank is None or bank.empty:
             return None
-        if limits is None:
+        if plan is None:
             return bank.delta(rows, x, index)
-        rank = limits.get(id(bank))
-        return None if rank is None else bank.delta(rows, x, index, rank)
+        cut = plan.get(id(bank))
+        return None if cut is None else bank.delta(rows, x, index, cut)
 
     @property
     def nbytes(self) -> int:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .banks import TaskBanks
+from .banks import Cut, TaskBanks
 from .context import routing_scope
 from .families.base import Delta
 from .inject import AdaptedBlock, unwrap
@@ -182,9 +182,10 @@ class BankRouting(TaskRouting):
         names: the tasks rows may belong to, needed only when some of them have VPT prompts
             (prompts are per task, so their selection is unrolled over these); ``()`` otherwise,
             which keeps the pass independent of the mix.
-        limits: ``TaskBanks.limits`` of the tasks in the batch, when known and the pass need
-            not serve every mix (eager): banks no task of the batch uses are skipped and ranks
-            cut to the batch's largest. None (compiled, traced) computes every bank in full.
+        plan: ``TaskBanks.plan`` of the batch's tasks, when the pass need not serve every mix
+            (eager): banks no task of the batch uses are skipped, ranks cut to the batch's
+            largest, and a bank only some rows' tasks use runs on those rows. None (compiled,
+            traced) computes every bank on every row.
     """
 
     def __init__(
@@ -192,32 +193,32 @@ class BankRouting(TaskRouting):
         banks: TaskBanks,
         index: torch.Tensor,
         names: Sequence[str] = (),
-        limits: dict[int, int] | None = None,
+        plan: dict[int, Cut] | None = None,
     ) -> None:
         super().__init__()
         self.banks, self.index, self.names = banks, index, tuple(names)
-        self.limits = limits
+        self.plan = plan
         self.members = banks.members
 
     def adapter_delta(self, block: AdaptedBlock) -> Delta:
         points = self.banks.block_banks(block) if block.adapters_enabled else {}
-        index, limits = self.index, self.limits
+        index, plan = self.index, self.plan
 
         def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
             bank = points.get(point)
             if bank is None or bank.empty:
                 return None
-            if limits is None:
+            if plan is None:
                 return bank(src, index)
-            rank = limits.get(id(bank))
-            return None if rank is None else bank(src, index, rank)
+            cut = plan.get(id(bank))
+            return None if cut is None else bank(src, index, cut)
 
         return delta
 
     def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
         if not layer.adapters_enabled:
             return None
-        return self.banks.lora_delta(layer, x, self.index, self.limits)
+        return self.banks.lora_delta(layer, x, self.index, self.plan)
 
     def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
         out = fill.expand(self.index.shape[0], *fill.shape)

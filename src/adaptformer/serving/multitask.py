@@ -245,8 +245,8 @@ def _banked(
         banks.mark_dynamic()
         with routing_scope(BankRouting(banks, index, names)):
             return compiled_pass(compile)(model, banks, x, index)
-    # Eager: compute only the banks (and ranks, head widths) the tasks of this batch use.
-    with routing_scope(BankRouting(banks, index, names, banks.limits(present))):
+    # Eager: compute only the banks, ranks, rows and head widths the batch's tasks use.
+    with routing_scope(BankRouting(banks, index, names, banks.plan(tasks))):
         return banked_pass(model, banks, x, index, width)
 
 
