@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--tag", default="", help="suffix of the result files and docs marker "
+                   "(multitask_TAG.json, <!-- multitask-TAG:begin -->) for a second setting")  # fmt: skip
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "multitask.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -481,11 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.train:
         report["train"] = train_compile(args, x)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multitask.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = f"multitask_{args.tag}" if args.tag else "multitask"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
-    (args.out / "multitask.md").write_text("# Mixed-task batches: throughput\n\n" + text)
+    (args.out / f"{stem}.md").write_text("# Mixed-task batches: throughput\n\n" + text)
     if args.docs.is_file():
-        update_docs(text, args.docs, "multitask")
+        update_docs(text, args.docs, f"multitask-{args.tag}" if args.tag else "multitask")
     print(text)
     return 0
 
