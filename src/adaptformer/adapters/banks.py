@@ -545,6 +545,10 @@ class TaskBanks:
             bank.clear(slot)
         self.layout += 1  # a new bank, a wider rank or head may come: checked on compiled use
         modules = self._modules(model, name)
+        # Versions are read before the values: a write racing with this build (another thread
+        # refilling a task's tensors) bumps them after, and the next sync rebuilds the slot.
+        tensors = tuple(t for m in modules for t in (*m.parameters(), *m.buffers()))
+        stamp = _stamp(tensors)
         uses: dict[int, int] = {}
         for block in self.blocks:
             points = self.points[id(block)]
@@ -568,8 +572,7 @@ class TaskBanks:
         head = modules[-1]
         classes = self.state.num_classes[name] or self.head.dim
         self.head.write(slot, head, classes)
-        tensors = tuple(t for m in modules for t in (*m.parameters(), *m.buffers()))
-        self.entries[name] = _Entry(modules, tensors, _stamp(tensors), uses)
+        self.entries[name] = _Entry(modules, tensors, stamp, uses)
         self.builds[name] += 1
 
     # -- what a pass reads -----------------------------------------------------------------------
