@@ -23,6 +23,7 @@ from ..adapters.config import ACTIVATIONS, INITS, METHODS, POSITIONS, AdapterCon
 from ..data.config import DATASETS
 from ..data.transforms import MAX_IMG_SIZE
 from ..utils.files import read_yaml_mapping
+from .first_try import HELP as FIRST_TRY_HELP
 from .trackers import TRACKERS
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.imgfocus"
@@ -116,7 +117,11 @@ class TrainConfig:
     checkpoint: str | None = _f(
         None, "local backbone weights (.safetensors/.pth; timm, MAE or HF names)"
     )
-    img_size: int = _f(224, "input resolution; position embeddings are resampled to it")
+    img_size: int | None = _f(
+        None,
+        "input resolution; position embeddings are resampled to it",
+        default_text=FIRST_TRY_HELP["img_size"],
+    )
     # data
     dataset: str = _f("imagefolder", f"data set name ({', '.join((*DATASETS, VIDEO_DATASET))})")
     data_root: str | None = _f(None, "folder holding the data set")
@@ -180,7 +185,9 @@ class TrainConfig:
     lora_alpha: float = _a("lora_alpha")
     head_batchnorm: bool = _a("head_batchnorm")
     # optimisation
-    epochs: int = _f(100, "training epochs")
+    epochs: int | None = _f(
+        None, "training epochs (paper: 100)", default_text=FIRST_TRY_HELP["epochs"]
+    )
     warmup_epochs: float | None = _f(
         None,
         "linear warm-up epochs (per step), then half-cycle cosine to min_lr; "
@@ -204,10 +211,11 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "weight decay (on matrices only; paper: 0)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy (paper: 0)")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value")
-    precision: str = _f(
-        "fp32",
+    precision: str | None = _f(
+        None,
         "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)",
         choices=["fp32", "bf16", "fp16"],
+        default_text=FIRST_TRY_HELP["precision"],
     )
     grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
     divergence_guard: bool = _f(
@@ -264,7 +272,7 @@ class TrainConfig:
         )
         for name in positive:
             v = getattr(self, name)
-            if v is None and name == "bottleneck":  # unset: the method's preset
+            if v is None and name in ("bottleneck", "img_size", "epochs"):  # unset: a default
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 yield f"--{name.replace('_', '-')} must be a positive integer, got {v!r}"
