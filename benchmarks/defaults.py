@@ -91,41 +91,48 @@ CIFAR_POOL = 100
 
 
 @dataclass(frozen=True)
-class Cell:
-    """Input size and epochs of one column of the grid, and the data sets it runs on."""
+class Block:
+    """Runs of one input size and epoch count on some data sets, for some methods (None: all)."""
 
     img_size: int
     epochs: int
     datasets: tuple[str, ...]
+    methods: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
         return f"{self.img_size} px, {self.epochs} ep"
 
 
-# The whole grid: every data set at every (size, epochs). Cut with --cut (see CUTS).
-FULL_GRID: tuple[Cell, ...] = tuple(
-    Cell(px, ep, tuple(DATASETS)) for ep in (3, 10) for px in (56, 112)
+# Every data set at 56 and 112 px, 3 and 10 epochs, every method.
+FULL_GRID: tuple[Block, ...] = tuple(
+    Block(px, ep, tuple(DATASETS)) for ep in (3, 10) for px in (56, 112)
 )
-# What fits about an hour of a contended 2-core CPU: every data set at 56 px / 3 epochs, the
-# 112 px and 10-epoch cells on Imagenette (the data set of the reported divergence) and
-# dsprites_ori (structured: where methods differ most), and no 112 px / 10 epochs cell.
-CUTS: dict[str, tuple[Cell, ...]] = {
-    "none": FULL_GRID,
-    "hour": (
-        Cell(56, 3, tuple(DATASETS)),
-        Cell(112, 3, ("imagenette", "dsprites_ori")),
-        Cell(56, 10, ("imagenette", "dsprites_ori")),
-    ),
-}
+# The full grid is about 140 runs, many hours on a 2-core CPU shared with other work. The cut
+# runs, most telling first: every method on two data sets of different kinds at 56 px / 3
+# epochs; the linear probe (whose default changed) at every cell of the full grid; every method
+# at 112 px on Imagenette (the data set of the reported divergence); then the other two data
+# sets and 10 epochs for every method. ``--budget-minutes`` ends it wherever the time runs out.
+SHORT_GRID: tuple[Block, ...] = (
+    Block(56, 3, ("imagenette", "dsprites_ori")),
+    Block(112, 3, tuple(DATASETS), ("linear",)),
+    Block(56, 3, ("cifar10", "flowers102"), ("linear",)),
+    Block(112, 3, ("imagenette",)),
+    Block(56, 10, tuple(DATASETS), ("linear",)),
+    Block(112, 10, tuple(DATASETS), ("linear",)),
+    Block(56, 3, ("cifar10", "flowers102")),
+    Block(56, 10, ("dsprites_ori",)),
+)
+GRIDS: dict[str, tuple[Block, ...]] = {"short": SHORT_GRID, "full": FULL_GRID}
 
 
 @dataclass
 class Settings:
-    """The grid: cells x methods at their defaults, plus extra (method, blr) pairs."""
+    """The grid: blocks of (size, epochs, data sets, methods) at the methods' defaults, plus
+    extra (method, blr) pairs wherever the method runs."""
 
-    cells: tuple[Cell, ...] = CUTS["hour"]
-    cut: str = "hour"
+    blocks: tuple[Block, ...] = SHORT_GRID
+    grid: str = "short"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     datasets: list[str] = field(default_factory=lambda: list(DATASETS))
     extra_blr: dict[str, list[float]] = field(default_factory=dict)
@@ -155,17 +162,15 @@ def default_blr(method: str) -> float:
 
 
 def plan_runs(s: Settings) -> list[Run]:
-    """Every run, cell by cell in the order of ``s.cells``: the defaults of all methods first,
-    then the extra learning rates, so that a grid cut short by the budget has whole cells."""
+    """Every run, block by block: each method at its default, then its extra learning rates."""
     runs: list[Run] = []
-    for cell in s.cells:
-        datasets = [d for d in cell.datasets if d in s.datasets]
-        for ds in datasets:
-            runs += [Run(ds, cell.img_size, cell.epochs, m, default_blr(m)) for m in s.methods]
-        for method, blrs in s.extra_blr.items():
-            for ds in datasets:
-                runs += [Run(ds, cell.img_size, cell.epochs, method, b) for b in blrs]
-    return list(dict.fromkeys(runs))  # an extra blr equal to the default runs once
+    for block in s.blocks:
+        methods = [m for m in (block.methods or METHODS) if m in s.methods]
+        for ds in (d for d in block.datasets if d in s.datasets):
+            for m in methods:
+                blrs = [default_blr(m), *s.extra_blr.get(m, [])]
+                runs += [Run(ds, block.img_size, block.epochs, m, b) for b in blrs]
+    return list(dict.fromkeys(runs))  # an extra blr equal to the default, a cell twice: once
 
 
 def parse_blr(text: str) -> tuple[str, list[float]]:
@@ -191,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-cache", default=str(ROOT / "runs" / "defaults-data"),
                    help="where the data archives are unpacked")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--cut", choices=list(CUTS), default="hour",
-                   help="hour: the cells that fit about an hour (default); none: every data set "
-                   "at 56 and 112 px, 3 and 10 epochs")  # fmt: skip
+    p.add_argument("--grid", choices=list(GRIDS), default="short",
+                   help="short: the cut of the full grid, most telling runs first (default); "
+                   "full: every data set and method at 56 and 112 px, 3 and 10 epochs")  # fmt: skip
     p.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), help="default: all")
     p.add_argument("--blr", action="append", type=parse_blr, default=[], metavar="METHOD=BLR",
@@ -212,8 +217,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         extra.setdefault(method, [])
         extra[method] += [b for b in blrs if b not in extra[method]]
     return Settings(
-        cells=CUTS[args.cut],
-        cut=args.cut,
+        blocks=GRIDS[args.grid],
+        grid=args.grid,
         methods=list(args.methods or METHODS),
         datasets=list(args.datasets or DATASETS),
         extra_blr=extra,
@@ -354,9 +359,9 @@ def collect(runs: Sequence[Run], work: Path) -> list[dict[str, Any]]:
     return [r for r in (record(run, work) for run in runs) if r is not None]
 
 
-def estimate_minutes(runs: Sequence[Run], records: Sequence[dict[str, Any]]) -> float | None:
-    """The time the unfinished runs will take, from the finished ones: seconds per epoch of
-    the same method and size (median), else of any run of that size. None without any."""
+def estimate_minutes(runs: Sequence[Run], records: Sequence[dict[str, Any]]) -> tuple[float, int]:
+    """Minutes the unfinished runs will take, from the finished ones (median seconds per epoch
+    of the same method and size), and how many unfinished runs have no such measurement yet."""
     done = {(r["dataset"], r["img_size"], r["epochs"], r["method"], r["blr"]) for r in records}
     per_epoch: dict[tuple[str, int], list[float]] = {}
     for r in records:
@@ -364,17 +369,63 @@ def estimate_minutes(runs: Sequence[Run], records: Sequence[dict[str, Any]]) -> 
             per_epoch.setdefault((r["method"], r["img_size"]), []).append(
                 r["seconds"] / r["epochs"]
             )
-    total = 0.0
+    seconds, unknown = 0.0, 0
     for run in runs:
         if (run.dataset, run.img_size, run.epochs, run.method, run.blr) in done:
             continue
-        same = per_epoch.get((run.method, run.img_size)) or [
-            v for (m, px), vs in per_epoch.items() if px == run.img_size for v in vs
-        ]
-        if not same:
-            return None
-        total += statistics.median(same) * run.epochs
-    return total / 60
+        same = per_epoch.get((run.method, run.img_size))
+        if same:
+            seconds += statistics.median(same) * run.epochs
+        else:
+            unknown += 1
+    return seconds / 60, unknown
+
+
+def feature_scale(checkpoint: str, roots: dict[str, Path], sizes: Sequence[int] = (56, 112),
+                  images: int = 24) -> list[dict[str, Any]]:  # fmt: skip
+    """The size of what a linear head sees: the backbone's pooled features of ``images``
+    training images (seeded) per data set and input size, as the CLI's eval transform feeds them.
+
+    AdamW moves every weight by about the learning rate per step whatever the gradient's
+    scale, so a head's logits move by about ``lr x sum |x_i|`` (the L1 norm): a learning rate
+    suits every data set alike when their features have the same scale.
+    """
+    import random
+
+    import torch
+    from PIL import Image
+
+    from adaptformer.backbones.create import pretrained_backbone
+    from adaptformer.data.transforms import build_eval_transform
+    from adaptformer.training.modality import data_stats
+
+    rows = []
+    for px in sizes:
+        model = pretrained_backbone(MODEL, checkpoint, px).eval()
+        stats = data_stats(model)
+        tf = build_eval_transform(px, stats["mean"], stats["std"], stats["interpolation"])
+        for name, root in roots.items():
+            folder = root / ("train" if DATASETS[name].kind == "imagefolder" else "images")
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            files = random.Random(0).sample(files, min(images, len(files)))
+            x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
+            with torch.inference_mode():
+                f = model.forward_head(model.forward_features(x), pre_logits=True)
+            rows.append({"dataset": name, "img_size": px, "images": len(files), "dim": f.shape[1],
+                         "rms": f.pow(2).mean().sqrt().item(),
+                         "l1": f.abs().sum(1).mean().item()})  # fmt: skip
+    return rows
+
+
+def feature_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Feature scale per data set and size (from :func:`feature_scale`)."""
+    lines = ["Scale of the pooled features a linear head sees (RMS of the entries and mean L1 "
+             f"norm over {rows[0]['images']} training images, {rows[0]['dim']} dimensions):", "",
+             "| data set | px | RMS | L1 norm |", "|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {DATASETS[r['dataset']].title} | {r['img_size']} | {r['rms']:.2f} "
+                     f"| {r['l1']:.0f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- report
@@ -389,23 +440,27 @@ def _cell_text(r: dict[str, Any] | None) -> str:
     return f"{r['test_top1']:.1f}"
 
 
-def matrix(s: Settings, records: Sequence[dict[str, Any]]) -> str:
-    """Test top-1 per method (rows, at each learning rate run) and cell x data set (columns);
-    **stop** eE sS: the divergence guard stopped the run at epoch E, step S."""
-    columns = [(c, d) for c in s.cells for d in c.datasets if d in s.datasets]
+def matrix(s: Settings, runs: Sequence[Run], records: Sequence[dict[str, Any]]) -> str:
+    """Test top-1 per planned cell (rows: data set, size, epochs) and method at each learning
+    rate (columns); **stop** eE sS: the guard stopped the run at epoch E, step S; –: not run."""
     by_key = {(r["dataset"], r["img_size"], r["epochs"], r["method"], r["blr"]): r for r in records}
-    rows = list(dict.fromkeys((r["method"], r["blr"]) for r in records))
-    order = {m: i for i, m in enumerate(METHODS)}
-    rows.sort(key=lambda mb: (order[mb[0]], mb[1] != default_blr(mb[0]), -mb[1]))
-    head = (
-        "| method | blr | " + " | ".join(f"{DATASETS[d].title} {c.name}" for c, d in columns) + " |"
-    )
-    lines = [head, "|---|---:|" + "---:|" * len(columns)]
-    for method, blr in rows:
-        mark = " (default)" if blr == default_blr(method) else ""
-        cells = [_cell_text(by_key.get((d, c.img_size, c.epochs, method, blr))) for c, d in columns]
-        lines.append(f"| {method} | {blr:g}{mark} | " + " | ".join(cells) + " |")
+    rows = list(dict.fromkeys((r.dataset, r.img_size, r.epochs) for r in runs))
+    columns = sorted(dict.fromkeys((r.method, r.blr) for r in runs),
+                     key=lambda mb: (METHODS.index(mb[0]), mb[1] != default_blr(mb[0]), -mb[1]))  # fmt: skip
+    names = [m if b == default_blr(m) else f"{m} blr {b:g}" for m, b in columns]
+    lines = ["| data set | px | epochs | " + " | ".join(names) + " |",
+             "|---|---:|---:|" + "---:|" * len(columns)]  # fmt: skip
+    for ds, px, ep in rows:
+        cells = [_cell_text(by_key.get((ds, px, ep, m, b))) if Run(ds, px, ep, m, b) in runs
+                 else "" for m, b in columns]  # fmt: skip
+        lines.append(f"| {DATASETS[ds].title} | {px} | {ep} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def defaults_line(runs: Sequence[Run]) -> str:
+    """The default base learning rate of every method in the grid (AdamW, per 256 images)."""
+    methods = [m for m in METHODS if any(r.method == m for r in runs)]
+    return ", ".join(f"{m} {default_blr(m):g}" for m in methods)
 
 
 def per_run_table(records: Sequence[dict[str, Any]]) -> str:
@@ -442,38 +497,39 @@ def verdict(records: Sequence[dict[str, Any]]) -> str:
     return f"The guard stopped {len(stopped)} of {len(defaults)} runs at a default: {names}."
 
 
-def report(s: Settings, records: Sequence[dict[str, Any]], meta: dict[str, Any],
-           full: bool = True) -> str:  # fmt: skip
-    """The Markdown: command, machine, set-up, the matrix, and (``full``) every run."""
+def report(s: Settings, runs: Sequence[Run], records: Sequence[dict[str, Any]],
+           meta: dict[str, Any], full: bool = True) -> str:  # fmt: skip
+    """The Markdown: command, machine, set-up, the matrix, the verdict, and (``full``) every run."""
     m = meta["machine"]
     setup = (
         f"Command: `{meta['command']}`  \n"
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; finished {m['date']}; "
-        f"{len(records)} of {meta['planned']} runs done; the runs' own times add up to "
+        f"{len(records)} of {len(runs)} planned runs done; the runs' own times add up to "
         f"{sum(r['seconds'] for r in records) / 60:.0f} min; load average at the end "
-        f"{m['load_average']} (the CPU was shared)."
+        f"{m['load_average']} (the CPU was shared with other work)."
     )
-    cells = "; ".join(f"{c.name}: {', '.join(DATASETS[d].title for d in c.datasets)}"
-                      for c in s.cells)  # fmt: skip
     data = "; ".join(
         f"{spec.title} {spec.train_per_class} per class"
-        + (" from train800, test val200" if spec.kind == "vtab1k" else
-           f", test {TEST_PER_CLASS} per class")
+        + (" from train800, tested on val200" if spec.kind == "vtab1k" else
+           f", tested on {TEST_PER_CLASS} per class")
         for name, spec in DATASETS.items() if name in s.datasets
     )  # fmt: skip
     body = [
         setup,
-        f"Every run is `adaptformer train --method M` with `train`'s defaults for everything "
-        f"else (AdamW, the method's default blr unless the blr column says otherwise, batch "
-        f"{s.batch_size}, warm-up over a tenth of the run, `paper` augmentation, fp32, the "
-        f"divergence guard on), backbone {MODEL} (the shared DINOv2 ViT-S/14), seed {s.seed}. "
-        f"Training images (seeded few-shot subsets, a tenth held out for validation): {data}. "
-        f"Cells run (`--cut {s.cut}`): {cells}.",
-        "Test top-1 % (the epoch chosen on validation); **stop** eE sS: the divergence guard "
-        "stopped the run at epoch E, step S (the loss's moving average passed 3x its start).",
-        matrix(s, records),
+        f"Every run is `adaptformer train --method M --img-size PX --epochs E` with `train`'s "
+        f"defaults for everything else: AdamW at the method's default base learning rate "
+        f"({defaults_line(runs)}) unless a column names another, batch {s.batch_size}, warm-up "
+        f"over a tenth of the run, `paper` augmentation, fp32, the divergence guard on; backbone "
+        f"{MODEL} (the shared DINOv2 ViT-S/14), seed {s.seed}. Training images (seeded few-shot "
+        f"subsets, a tenth held out for validation): {data}. Grid `--grid {s.grid}`.",
+        "Test top-1 % of the epoch chosen on validation. **stop** eE sS: the divergence guard "
+        "stopped the run at epoch E, step S (the loss's moving average passed 3x its start); "
+        "–: planned, not run yet; blank: not planned.",
+        matrix(s, runs, records),
         verdict(records),
     ]
+    if meta.get("features"):
+        body.append(feature_table(meta["features"]))
     if full:
         body += ["Every run:", per_run_table(records)]
     return "\n\n".join(body) + "\n"
@@ -490,11 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work), Path(args.out)
     runs = plan_runs(s)
     if args.plan:
-        minutes = estimate_minutes(runs, collect(runs, work))
+        records = collect(runs, work)
+        minutes, unknown = estimate_minutes(runs, records)
         for run in runs:
             print(run.folder)
-        print(f"{len(runs)} runs; about {minutes:.0f} min left" if minutes is not None else
-              f"{len(runs)} runs; no finished run yet to estimate the time from")  # fmt: skip
+        print(f"{len(runs)} runs, {len(records)} done; the others take about {minutes:.0f} min"
+              + (f" plus {unknown} without a measured run of their method and size" if unknown
+                 else ""))  # fmt: skip
         return 0
     if not args.report:
         if not Path(args.checkpoint).is_file():
@@ -511,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
                 _log.info("%s: %s in %.0f s; load %s", run.folder, _cell_text(r),
                           result["seconds"], os.getloadavg())  # fmt: skip
     records = collect(runs, work)
+    features_file = work / "features.json"
+    if not features_file.is_file() and not args.report:
+        rows = feature_scale(args.checkpoint, prepare_data(Path(args.data_cache)))
+        features_file.write_text(json.dumps(rows, indent=2) + "\n")
     from toolkit import machine_info
 
     meta = {
@@ -518,16 +580,18 @@ def main(argv: list[str] | None = None) -> int:
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(),
         "planned": len(runs),
+        "features": json.loads(features_file.read_text()) if features_file.is_file() else [],
     }
     out.mkdir(parents=True, exist_ok=True)
-    settings = {**asdict(s), "cells": [asdict(c) for c in s.cells]}
+    settings = asdict(s)
     (out / "defaults.json").write_text(
         json.dumps({"meta": meta, "settings": settings, "runs": records}, indent=2) + "\n"
     )
-    markdown = report(s, records, meta)
+    markdown = report(s, runs, records, meta)
     (out / "defaults.md").write_text(markdown)
     if args.update_docs:
-        update_docs(report(s, records, meta, full=False), ROOT / "docs" / "results.md", "defaults")
+        update_docs(report(s, runs, records, meta, full=False), ROOT / "docs" / "results.md",
+                    "defaults")  # fmt: skip
     print(markdown)
     return 0
 
