@@ -28,17 +28,21 @@ def test_blr_flags_name_a_method_and_positive_values():
             script.parse_blr(bad)
     s = _settings("--blr", "linear=0.36", "--blr", "linear=0.12,0.36", "--blr", "full=1e-3")
     assert s.extra_blr == {"linear": [0.36, 0.12], "full": [0.001]}
-    assert _settings("--grid", "full").blocks == script.FULL_GRID
+    assert _settings("--grid", "full").blocks == (*script.FULL_GRID, script.TUNING_CHECK)
     with pytest.raises(SystemExit):
         script.build_parser().parse_args(["--methods", "adaptformer-64"])  # names, not specs
 
 
-def test_the_full_grid_is_every_data_set_method_size_and_length():
+def test_the_full_grid_is_every_new_data_set_method_size_and_length():
     script = load_script("defaults")
     runs = script.plan_runs(_settings("--grid", "full"))
-    assert len(runs) == len(script.DATASETS) * len(script.METHODS) * 2 * 2 == len(set(runs))
-    assert {(r.img_size, r.epochs) for r in runs} == {(56, 3), (112, 3), (56, 10), (112, 10)}
+    new = [r for r in runs if r.dataset in script.NEW_DATA]
+    assert len(new) == len(script.NEW_DATA) * len(script.METHODS) * 2 * 2 == len(set(new))
+    assert {(r.img_size, r.epochs) for r in new} == {(56, 3), (112, 3), (56, 10), (112, 10)}
     assert all(r.blr == DEFAULT_BLR["adamw"][r.method] for r in runs)
+    tuning = {(r.dataset, r.img_size, r.epochs, r.method) for r in runs} - {
+        (r.dataset, r.img_size, r.epochs, r.method) for r in new}  # fmt: skip
+    assert tuning == {("eurosat", 112, 6, "linear"), ("dsprites_loc", 112, 6, "linear")}
 
 
 def test_the_short_grid_runs_every_method_first_and_the_linear_probe_everywhere():
@@ -49,7 +53,7 @@ def test_the_short_grid_runs_every_method_first_and_the_linear_probe_everywhere(
         ("imagenette", 56, 3), ("dsprites_ori", 56, 3)}  # fmt: skip
     assert {r.method for r in first} == set(script.METHODS)
     linear = {(r.dataset, r.img_size, r.epochs) for r in runs if r.method == "linear"}
-    assert len(linear) == len(script.DATASETS) * 4  # every cell of the full grid
+    assert len(linear) == len(script.NEW_DATA) * 4 + 2  # every cell of the full grid + tuning
     for cell in linear:  # the old default next to the new one, wherever linear runs
         blrs = {r.blr for r in runs if (r.dataset, r.img_size, r.epochs) == cell
                 and r.method == "linear"}  # fmt: skip
@@ -57,6 +61,15 @@ def test_the_short_grid_runs_every_method_first_and_the_linear_probe_everywhere(
     assert len(runs) == len(set(runs))
     some = script.plan_runs(_settings("--methods", "lora", "--datasets", "cifar10"))
     assert {(r.method, r.dataset) for r in some} == {("lora", "cifar10")}
+
+
+def test_the_tuning_tasks_run_as_the_sweep_ran_them(tmp_path):
+    script = load_script("defaults")
+    run = script.Run("eurosat", 112, 6, "linear", DEFAULT_BLR["adamw"]["linear"])
+    args = adaptformer_parser().parse_args(script.train_command(run, tmp_path, "c", tmp_path)[3:])
+    assert (args.train_split, args.test_split, args.val_fraction) == ("train800", "val200", 0.0)
+    assert (args.augment, args.precision, args.img_size, args.epochs) == ("none", "bf16", 112, 6)
+    assert not hasattr(args, "train_per_class")
 
 
 def test_every_command_is_a_valid_train_invocation_at_the_defaults(tmp_path):
