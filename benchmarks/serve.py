@@ -149,6 +149,66 @@ def make_registry(root: Path, checkpoint: Path, img_size: int, scenario: str) ->
     return reg
 
 
+def write_tasks(
+    reg: af.TaskRegistry,
+    template: str,
+    count: int,
+    prefix: str = "t",
+    classes: list[int] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """``count`` tasks shaped like registered task ``template``, each with its own random
+    weights, written into ``reg`` the way ``adaptformer tasks add`` leaves them (a folder of
+    ``adapter_config.json`` + ``adapter_model.safetensors``, an index entry with the files'
+    sha256) but without its per-add checks and copies: 1,000 adds would take minutes, this
+    takes seconds. The server checks every task when it lists and when it loads it anyway.
+
+    Args:
+        template: a registered task with a plain linear head.
+        prefix: task names are ``{prefix}{i}``.
+        classes: class count of each task, cycled (default: the template's); labels are
+            ``{name}-class{c}``.
+        seed: tensors are drawn from a normal of each template tensor's std (0.05 if it is 0).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from adaptformer.serving.store import INDEX, task_digest
+
+    folder = reg.path(template)
+    info = json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    width = int(info["num_classes"])
+    heads = {k for k in tensors if k.startswith("head.")}
+    if heads != {"head.weight", "head.bias"}:
+        raise ValueError(f"task {template!r} must have a plain linear head, not {sorted(heads)}")
+    gen = torch.Generator().manual_seed(seed)
+    index = json.loads((reg.root / INDEX).read_text())
+    names = []
+    for i in range(count):
+        name = f"{prefix}{i}"
+        c = (classes or [width])[i % len(classes or [width])]
+        target = reg.root / name
+        target.mkdir()
+        own = {}
+        for k, t in tensors.items():
+            shape = (c, *t.shape[1:]) if k in heads else tuple(t.shape)
+            std = float(t.float().std()) if t.numel() > 1 else 0.0
+            own[k] = torch.randn(shape, generator=gen) * (std or 0.05)
+        save_file(own, str(target / "adapter_model.safetensors"), {"format": info["format"]})
+        meta = {**info["metadata"], "classes": [f"{name}-class{j}" for j in range(c)]}
+        (target / "adapter_config.json").write_text(
+            json.dumps({**info, "num_classes": c, "metadata": meta}, indent=2) + "\n"
+        )
+        index["tasks"][name] = {
+            "source": str(folder),
+            "added": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sha256": task_digest(target),
+        }
+        names.append(name)
+    (reg.root / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return names
+
+
 def real_images(count: int) -> list[bytes]:
     """The first ``count`` Imagenette validation JPEGs (160 px), as uploaded bytes."""
     out = []
