@@ -180,7 +180,20 @@ def refill(slot: Slot, files: TaskFiles, source: str) -> None:
     """
     if any(k.startswith("backbone.") for k in files.tensors):
         raise ValueError(f"adapter in {source} carries backbone tensors: it needs a new slot")
-    _copy(slot.tensors, files.tensors, source)
+    target, tensors = slot.tensors, files.tensors
+    wrong = sorted(set(target) ^ set(tensors)) or sorted(
+        k
+        for k in target
+        if target[k].shape != tensors[k].shape
+        or target[k].is_floating_point() != tensors[k].is_floating_point()
+    )  # values were checked by read_task; shapes only differ for a file that lies
+    if wrong:
+        raise ValueError(
+            f"adapter in {source} does not fit this model's slot: {', '.join(wrong[:5])}"
+        )
+    with torch.no_grad():
+        for k, t in target.items():
+            t.copy_(tensors[k])
 
 
 def _copy(target: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
