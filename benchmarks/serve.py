@@ -896,6 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.many_tasks:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        for noisy in ("httpx", "adaptformer"):  # a line per request, per adapter injected
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"{args.checkpoint} not found: pass --checkpoint PATH")
         return paged(args, argv)

@@ -514,28 +514,44 @@ class Catalog:
             if same is not None:
                 spare.remove(same)
             plan.append((v, files, seconds, same))
-        self._drop(spare)  # before new modules: the model never holds more than the budget
         done: list[tuple[TaskVersion, Slot, str, float]] = []
         error: BaseException | None = None
-        for v, files, seconds, slot in plan:
-            start = time.monotonic()
-            try:
-                if slot is not None:
-                    try:
-                        refill(slot, files, str(v.folder))
-                    except BaseException:
-                        self._drop([slot])
-                        raise
-                    kind = "refill"
-                else:
-                    adapter = f"@{next(self._seq)}"
-                    slot = build_slot(self.model, adapter, files, self.device, self.model_lock,
-                                      self.structure_lock, str(v.folder))  # fmt: skip
-                    kind = "new"
-            except Exception as e:  # the others of the request still go in
-                error = error or e
-                continue
-            done.append((v, slot, kind, seconds + time.monotonic() - start))
+        try:
+            self._drop(spare)  # before new modules: the model never holds more than the budget
+            for v, files, seconds, slot in plan:
+                start = time.monotonic()
+                try:
+                    if slot is not None:
+                        try:
+                            refill(slot, files, str(v.folder))
+                        except BaseException:
+                            self._drop([slot])
+                            raise
+                        kind = "refill"
+                    else:
+                        adapter = f"@{next(self._seq)}"
+                        slot = build_slot(self.model, adapter, files, self.device,
+                                          self.model_lock, self.structure_lock,
+                                          str(v.folder))  # fmt: skip
+                        kind = "new"
+                except Exception as e:  # the others of the request still go in
+                    error = error or e
+                    continue
+                done.append((v, slot, kind, seconds + time.monotonic() - start))
+        finally:
+            self._publish_loaded(plan, done, error)
+        if error is not None:
+            names = [v.name for v, _, _, _ in plan if all(v is not d[0] for d in done)]
+            raise TaskUnavailable(f"task(s) {names} could not be loaded: {first_line(error)}")
+
+    def _publish_loaded(
+        self,
+        plan: list[tuple[TaskVersion, TaskFiles, float, Slot | None]],
+        done: list[tuple[TaskVersion, Slot, str, float]],
+        error: BaseException | None,
+    ) -> None:
+        """Serve the tasks loaded (those replaced meanwhile leave the model again) and give
+        back the room reserved for the whole plan."""
         trash: list[Slot] = []
         with self._lock:
             self.residency.unreserve(len(plan), sum(v.nbytes for v, _, _, _ in plan))
@@ -551,9 +567,6 @@ class Catalog:
                 self.stats.failures += 1
             self._lock.notify_all()
         self._drop(trash)
-        if error is not None:
-            names = [v.name for v, _, _, _ in plan if all(v is not d[0] for d in done)]
-            raise TaskUnavailable(f"task(s) {names} could not be loaded: {first_line(error)}")
 
     def _publish(self, v: TaskVersion, slot: Slot) -> None:
         """(lock held) ``v`` is served from ``slot`` from now on."""
