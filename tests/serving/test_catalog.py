@@ -321,6 +321,10 @@ def test_a_task_changed_on_disk_is_refused_until_an_empty_put(paged, task_runs):
     assert got["colours"].shape == (len(X), 2)  # the probe's two classes
     assert catalog.list()[0].version == task_digest(paged.path("colours"))[:12]
     assert catalog.residents().stats.failures == 1
+    other.remove("s4")  # `adaptformer tasks remove` in another process: listed, not loadable
+    with pytest.raises(TaskUnavailable, match="task 's4' could not be loaded from .*s4"):
+        ask(catalog, ["s4"])
+    assert ask(catalog, ["s5"])  # the others serve on
 
 
 def test_a_damaged_task_file_is_a_503_for_its_requests_only(paged):
