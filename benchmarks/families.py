@@ -81,10 +81,13 @@ class FamilyCase:
     img_size: int  # small, for the matrix
     kwargs: dict[str, Any]  # shrinks the model for the matrix (depth, width)
     speed_kwargs: dict[str, Any]  # the real configuration for the speed section
-    build: Callable[[FamilyCase, Path, bool], tuple[nn.Module, Path]] | None = None
+    # (case, folder, full size) -> (model, --model, --checkpoint or None)
+    build: Callable[[FamilyCase, Path, bool], tuple[nn.Module, str, Path | None]] | None = None
 
 
-def timm_case(case: FamilyCase, folder: Path, full_size: bool) -> tuple[nn.Module, Path]:
+def timm_case(
+    case: FamilyCase, folder: Path, full_size: bool
+) -> tuple[nn.Module, str, Path | None]:
     """A random-weight timm model saved as a local checkpoint, loaded back as a user would."""
     import timm
 
@@ -93,12 +96,38 @@ def timm_case(case: FamilyCase, folder: Path, full_size: bool) -> tuple[nn.Modul
     model = timm.create_model(case.model, num_classes=0, img_size=size, **kwargs)
     path = folder / f"{case.family}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return af.create_backbone(case.model, checkpoint=path, img_size=size, **kwargs), path
+    model = af.create_backbone(case.model, checkpoint=path, img_size=size, **kwargs)
+    return model, case.model, path
+
+
+def hf_case(case: FamilyCase, folder: Path, full_size: bool) -> tuple[nn.Module, str, Path | None]:
+    """A random-weight timm ViT written as a Hugging Face ``save_pretrained`` folder and loaded
+    back through ``--model hf:FOLDER``'s path (``case.model`` names the timm twin)."""
+    import timm
+
+    from adaptformer.backbones.hf import PREFIX, save_timm_as_hf
+
+    kind = case.family.removeprefix("hf-")
+    timm_name = case.model.removeprefix(PREFIX)
+    twin = timm.create_model(timm_name, num_classes=0, img_size=224, **case.kwargs)
+    hf = save_timm_as_hf(twin, folder / f"{case.family}-hf", model_type=kind)
+    size = 112 if full_size else case.img_size
+    from adaptformer.backbones.create import pretrained_backbone
+
+    model = pretrained_backbone(f"{PREFIX}{hf}", None, size)
+    return model, f"{PREFIX}{hf}", None
 
 
 CASES: list[FamilyCase] = [
     # the shared backbone's architecture
     FamilyCase("vit", "vit_small_patch14_dinov2", 56, {}, {}, timm_case),
+    FamilyCase("eva", "eva02_tiny_patch14_224", 56, {}, {}, timm_case),
+    FamilyCase("beit", "beit_base_patch16_224", 64, {}, {}, timm_case),
+    FamilyCase("swin", "swin_tiny_patch4_window7_224", 64, {}, {}, timm_case),
+    FamilyCase("swinv2", "swinv2_tiny_window8_256", 64, {}, {}, timm_case),
+    # Hugging Face's DINOv2 and ViT layers, random weights of ViT-S shape, via --model hf:FOLDER
+    FamilyCase("hf-dinov2", "hf:vit_small_patch14_dinov2", 56, {}, {}, hf_case),
+    FamilyCase("hf-vit", "hf:vit_small_patch16_224", 64, {}, {}, hf_case),
 ]
 
 
@@ -130,8 +159,9 @@ def _cell(fn: Callable[[], str | None]) -> str:
 
 def matrix_rows(case: FamilyCase, workdir: Path) -> list[dict[str, str]]:
     """One row per method: each feature's cell for ``case``'s family."""
-    backbone, checkpoint = case.build(case, workdir, False)
+    backbone, name, checkpoint = case.build(case, workdir, False)
     backbone.eval()
+    fingerprint = backbone_fingerprint(backbone)
     x = torch.randn(
         BATCH, 3, case.img_size, case.img_size, generator=torch.Generator().manual_seed(0)
     )
@@ -153,7 +183,8 @@ def matrix_rows(case: FamilyCase, workdir: Path) -> list[dict[str, str]]:
         row["mixed"] = _cell(partial(_mixed, model, x))
         for fmt in ("onnx", "torchscript"):
             row[fmt] = _cell(partial(_export, model, fmt, workdir, case.img_size))
-        row["serve"] = _cell(partial(_serve, model, case, checkpoint, workdir, x, logits))
+        source = (name, checkpoint, fingerprint)
+        row["serve"] = _cell(partial(_serve, model, case, source, workdir, x, logits))
         rows.append(row)
     return rows
 
@@ -226,7 +257,7 @@ def _export(model: nn.Module, fmt: str, workdir: Path, img_size: int) -> str | N
 def _serve(
     model: nn.Module,
     case: FamilyCase,
-    checkpoint: Path,
+    source: tuple[str, Path | None, str],
     workdir: Path,
     x: torch.Tensor,
     logits: torch.Tensor,
@@ -241,15 +272,16 @@ def _serve(
         run,
         "t",
         metadata={
-            "model": case.model,
-            "backbone_sha256": _fingerprint(case, checkpoint),
+            "model": source[0],
+            "backbone_sha256": source[2],
             "img_size": case.img_size,
             "mean": list(cfg.get("mean", (0.5,) * 3)),
             "std": list(cfg.get("std", (0.5,) * 3)),
             "interpolation": cfg.get("interpolation", "bicubic"),
         },
     )
-    (run / "config.yaml").write_text(f"checkpoint: {checkpoint}\n")
+    if source[1] is not None:
+        (run / "config.yaml").write_text(f"checkpoint: {source[1]}\n")
     registry = TaskRegistry(workdir / f"registry-{case.family}-{method}")
     registry.add("task", run)
     served = registry.build_model()
@@ -259,20 +291,9 @@ def _serve(
     return None if err <= 1e-4 else f"FAILS: served logits differ by {err:.1e}"
 
 
-_FINGERPRINTS: dict[str, str] = {}
-
-
-def _fingerprint(case: FamilyCase, checkpoint: Path) -> str:
-    if case.family not in _FINGERPRINTS:
-        model = af.create_backbone(case.model, checkpoint=checkpoint, img_size=case.img_size,
-                                   **case.kwargs)  # fmt: skip
-        _FINGERPRINTS[case.family] = backbone_fingerprint(model)
-    return _FINGERPRINTS[case.family]
-
-
 def speed_rows(case: FamilyCase, workdir: Path, repeats: int, batch: int) -> list[dict[str, Any]]:
     """Images/s of one training step, AdaptFormer-64 vs full fine-tuning, round-robin."""
-    backbone, _ = case.build(case, workdir, True)
+    backbone, _, _ = case.build(case, workdir, True)
     x = torch.randn(batch, 3, 112, 112)
     y = torch.arange(batch) % 10
     steps, counts = {}, {}

@@ -102,6 +102,7 @@ def preflight(data: Path, folder: Path, images: int = 16) -> dict[str, Any]:
                      for ln in lines])  # fmt: skip
     y = torch.tensor([int(ln.rsplit(maxsplit=1)[1]) for ln in lines])
     for m in models.values():
+        torch.manual_seed(0)  # the same head on both, and the same numbers on every rerun
         af.inject(m, af.AdapterConfig(dropout=0.0), num_classes=10)
         af.mark_trainable(m, "adaptformer")
         m.eval()

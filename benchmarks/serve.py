@@ -149,6 +149,66 @@ def make_registry(root: Path, checkpoint: Path, img_size: int, scenario: str) ->
     return reg
 
 
+def write_tasks(
+    reg: af.TaskRegistry,
+    template: str,
+    count: int,
+    prefix: str = "t",
+    classes: list[int] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """``count`` tasks shaped like registered task ``template``, each with its own random
+    weights, written into ``reg`` the way ``adaptformer tasks add`` leaves them (a folder of
+    ``adapter_config.json`` + ``adapter_model.safetensors``, an index entry with the files'
+    sha256) but without its per-add checks and copies: 1,000 adds would take minutes, this
+    takes seconds. The server checks every task when it lists and when it loads it anyway.
+
+    Args:
+        template: a registered task with a plain linear head.
+        prefix: task names are ``{prefix}{i}``.
+        classes: class count of each task, cycled (default: the template's); labels are
+            ``{name}-class{c}``.
+        seed: tensors are drawn from a normal of each template tensor's std (0.05 if it is 0).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from adaptformer.serving.store import INDEX, task_digest
+
+    folder = reg.path(template)
+    info = json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    width = int(info["num_classes"])
+    heads = {k for k in tensors if k.startswith("head.")}
+    if heads != {"head.weight", "head.bias"}:
+        raise ValueError(f"task {template!r} must have a plain linear head, not {sorted(heads)}")
+    gen = torch.Generator().manual_seed(seed)
+    index = json.loads((reg.root / INDEX).read_text())
+    names = []
+    for i in range(count):
+        name = f"{prefix}{i}"
+        c = (classes or [width])[i % len(classes or [width])]
+        target = reg.root / name
+        target.mkdir()
+        own = {}
+        for k, t in tensors.items():
+            shape = (c, *t.shape[1:]) if k in heads else tuple(t.shape)
+            std = float(t.float().std()) if t.numel() > 1 else 0.0
+            own[k] = torch.randn(shape, generator=gen) * (std or 0.05)
+        save_file(own, str(target / "adapter_model.safetensors"), {"format": info["format"]})
+        meta = {**info["metadata"], "classes": [f"{name}-class{j}" for j in range(c)]}
+        (target / "adapter_config.json").write_text(
+            json.dumps({**info, "num_classes": c, "metadata": meta}, indent=2) + "\n"
+        )
+        index["tasks"][name] = {
+            "source": str(folder),
+            "added": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sha256": task_digest(target),
+        }
+        names.append(name)
+    (reg.root / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return names
+
+
 def real_images(count: int) -> list[bytes]:
     """The first ``count`` Imagenette validation JPEGs (160 px), as uploaded bytes."""
     out = []
@@ -242,21 +302,21 @@ async def load(
     seconds: float,
     max_requests: int,
     seed: int,
+    weights: list[float] | None = None,
 ) -> dict:
-    """``clients`` closed-loop clients for ``seconds`` or ``max_requests``, whichever first."""
+    """``clients`` closed-loop clients for ``seconds`` or ``max_requests``, whichever first;
+    tasks drawn uniformly, or by ``weights``."""
     import httpx
 
     rng = random.Random(seed)
-    order = [(rng.randrange(len(images)), rng.choice(tasks)) for _ in range(max_requests)]
-    bodies = {}  # multipart bodies encoded once by httpx, so the clients spend little CPU
-    for i, task in set(order):
-        request = httpx.Request(
-            "POST",
-            url,
-            files={"image": (f"{i}.jpg", images[i], "image/jpeg")},
-            data={"tasks": task, "top_k": str(TOP_K)},
+    order = [
+        (
+            rng.randrange(len(images)),
+            rng.choices(tasks, weights)[0] if weights else rng.choice(tasks),
         )
-        bodies[(i, task)] = (request.read(), request.headers["content-type"])
+        for _ in range(max_requests)
+    ]
+    bodies = encode(url, images, order)
     answers: dict[int, list[tuple[int, bytes, float]]] = {}
     next_id = iter(range(max_requests))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -283,12 +343,42 @@ async def load(
     return {"order": order, "answers": answers, "wall": wall, "before": before, "after": after}
 
 
+def encode(url: str, images: list[bytes], pairs: list[tuple[int, str]]) -> dict:
+    """Multipart bodies of (image, task) requests, encoded once by httpx so that the clients
+    spend little CPU while they measure."""
+    import httpx
+
+    bodies = {}
+    for i, task in set(pairs):
+        request = httpx.Request(
+            "POST",
+            url,
+            files={"image": (f"{i}.jpg", images[i], "image/jpeg")},
+            data={"tasks": task, "top_k": str(TOP_K)},
+        )
+        bodies[(i, task)] = (request.read(), request.headers["content-type"])
+    return bodies
+
+
+# what a point's slices add up from /metrics about paging (0 on a server without a budget)
+_PAGING = {
+    "loads": "adaptformer_task_loads_total",
+    "refills": 'adaptformer_task_loads_total{kind="refill"}',
+    "evictions": "adaptformer_task_evictions_total",
+    "load_failures": "adaptformer_task_load_failures_total",
+    "load_seconds": "adaptformer_task_load_seconds_sum",
+}
+
+
 def check(slices: list[dict], top: dict) -> dict:
-    """Exactly-once and offline-equality checks of one point (its time slices), its numbers."""
-    sent = ok = served = mismatched = 0
+    """Exactly-once and offline-equality checks of one point (its time slices), its numbers.
+    Answers whose (image, task) is not in ``top`` are not compared (``top5_checked`` counts
+    those that were)."""
+    sent = ok = served = mismatched = checked = 0
     once, worst, wall = True, 0.0, 0.0
     latencies: list[float] = []
-    passes = rows = forward = 0.0
+    passes = rows = forward = distinct = 0.0
+    paging = dict.fromkeys(_PAGING, 0.0)
     for run in slices:
         answers, order = run["answers"], run["order"]
 
@@ -301,6 +391,9 @@ def check(slices: list[dict], top: dict) -> dict:
         passes += diff("adaptformer_batch_size_count")
         rows += diff("adaptformer_batch_size_sum")
         forward += diff("adaptformer_forward_seconds_sum")
+        distinct += diff("adaptformer_batch_tasks_sum")
+        for key, name in _PAGING.items():
+            paging[key] += diff(name)
         wall += run["wall"]
         for rid, a in answers.items():
             status, content, seconds = a[0]
@@ -309,6 +402,9 @@ def check(slices: list[dict], top: dict) -> dict:
                 continue
             ok += 1
             i, task = order[rid]
+            if (i, task) not in top:
+                continue
+            checked += 1
             got = json.loads(content)["results"][0]["tasks"][task]["top"]
             want_idx, want_p = top[(i, task)]
             labels_ok = [p["label"] for p in got] == [f"{task}-class{c}" for c in want_idx]
@@ -322,6 +418,7 @@ def check(slices: list[dict], top: dict) -> dict:
         "answered_exactly_once": once and ok == sent and served == sent,
         "server_counted_200": served,
         "top5_mismatches": mismatched,
+        "top5_checked": checked,
         "max_prob_error": worst,
         "images_per_s": ok / wall,
         "wall_s": wall,
@@ -330,6 +427,8 @@ def check(slices: list[dict], top: dict) -> dict:
         "forward_passes": passes,
         "mean_batch": rows / passes if passes else 0.0,
         "mean_forward_ms": 1000 * forward / passes if passes else 0.0,
+        "mean_tasks_per_pass": distinct / passes if passes else 0.0,
+        **paging,
     }
 
 
@@ -439,6 +538,305 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# -- many tasks paged from disk ------------------------------------------------------------------
+def zipf(count: int, s: float) -> list[float]:
+    """Weights of ranks 1..count under a Zipf law of exponent ``s``."""
+    return [1 / (k + 1) ** s for k in range(count)]
+
+
+def make_many(root: Path, count: int, seed: int) -> af.TaskRegistry:
+    """The 8 runs :func:`make_registry` wrote under ``root`` plus ``count - 8`` tasks of their
+    shape (AdaptFormer-64) and their heads' class counts, each of its own random weights."""
+    reg = af.TaskRegistry(root / "many")
+    for run in sorted((root / "runs").iterdir()):
+        reg.add(run.name, run)
+    write_tasks(reg, "t0", count - len(reg.names()), prefix="z", classes=CLASSES, seed=seed)
+    return reg
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """Resident set size of process ``pid`` now and at its peak (bytes, from /proc)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss" if key == "VmRSS" else "peak_rss"] = int(value.split()[0]) * 1024
+    return out
+
+
+async def open_loop(
+    url: str,
+    images: list[bytes],
+    tasks: list[str],
+    weights: list[float] | None,
+    rate: float,
+    seconds: float,
+    seed: int,
+) -> dict:
+    """Requests arriving as a Poisson process of ``rate`` per second for ``seconds``, whatever
+    the server answers (open loop); latency counts from each request's scheduled arrival."""
+    import httpx
+
+    rng = random.Random(seed)
+    arrivals, t = [], rng.expovariate(rate)
+    while t < seconds:
+        task = rng.choices(tasks, weights)[0] if weights else rng.choice(tasks)
+        arrivals.append((t, rng.randrange(len(images)), task))
+        t += rng.expovariate(rate)
+    order = [(i, task) for _, i, task in arrivals]
+    bodies = encode(url, images, order)
+    answers: dict[int, list[tuple[int, bytes, float]]] = {}
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        before = (await client.get("/metrics")).text
+        t0 = time.perf_counter()
+
+        async def one(rid: int, at: float) -> None:
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            body, kind = bodies[order[rid]]
+            r = await client.post("/v1/predict", content=body, headers={"content-type": kind})
+            answers[rid] = [(r.status_code, r.content, time.perf_counter() - t0 - at)]
+
+        await asyncio.gather(*(one(rid, at) for rid, (at, _, _) in enumerate(arrivals)))
+        wall = time.perf_counter() - t0
+        after = (await client.get("/metrics")).text
+    return {"order": order, "answers": answers, "wall": wall, "before": before, "after": after}
+
+
+def offline_sample(reg: af.TaskRegistry, images: list[bytes], pairs: set) -> dict:
+    """Top-5 of each (image, task) of ``pairs`` with the task loaded alone (``load_adapter``
+    into the bare backbone, one task at a time)."""
+    b = reg.backbone
+    tf = build_eval_transform(b["img_size"], b["mean"], b["std"], b["interpolation"])
+    model = reg.build_model(names=[])
+    by_task: dict[str, list[int]] = {}
+    for i, task in sorted(pairs):
+        by_task.setdefault(task, []).append(i)
+    top = {}
+    for task, idx in by_task.items():
+        af.load_adapter(model, reg.path(task), name=task)
+        x = torch.stack([tf(to_rgb(Image.open(io.BytesIO(images[i])))) for i in idx])
+        with torch.inference_mode():
+            out = af.forward_tasks(model, x, [task] * len(idx))
+        for i, row in zip(idx, out.per_sample(), strict=True):
+            v = row.softmax(0).topk(TOP_K)
+            top[(i, task)] = (v.indices.tolist(), v.values.tolist())
+        af.delete_adapter(model, task)
+    return top
+
+
+def answered_pairs(slices: list[dict], count: int, seed: int) -> set:
+    """Up to ``count`` distinct (image, task) pairs answered with 200, drawn at random."""
+    pairs = sorted({
+        run["order"][rid] for run in slices for rid, a in run["answers"].items() if a[0][0] == 200
+    })  # fmt: skip
+    return set(random.Random(seed).sample(pairs, min(count, len(pairs))))
+
+
+def paged_markdown(report: dict) -> str:
+    m, c = report["machine"], report["config"]
+    lines = [
+        f"- command: `{report['command']}`",
+        f"- machine: {m['cpu']}, {m['nproc']} cores ({_load(m)}), each server with 1 torch "
+        f"thread and 1 decode thread, run at nice {c['nice']}; torch {report['torch']}, timm "
+        f"{report['timm']}; {report['date']}",
+        f"- AdaptFormer-64 tasks (heads of {', '.join(map(str, CLASSES))} classes, cycled) on "
+        f"{report['backbone']} at {c['img_size']} px; max batch {c['max_batch']}, max wait "
+        f"{c['max_wait_ms']} ms; one image and one task per request. The 8-task server holds "
+        f"every task (uniform requests); the {c['tasks']}-task server keeps at most "
+        f"{c['resident']} in memory (`--max-resident-tasks {c['resident']}`), requests spread "
+        f"over its tasks by a Zipf law (s = {c['zipf_s']}, ranks shuffled). Closed loop: "
+        f"{c['clients']} clients, {c['seconds']} s per server in {c['rounds']} slices, the "
+        f"servers taking turns, after {c['warm_requests']} warm-up requests each; open loop: "
+        f"Poisson arrivals at {c['open_share']:.0%} of the paged server's closed-loop rate, "
+        f"{c['open_seconds']} s per server",
+        "",
+        "| run | server | images/s | x 8 tasks | p50 ms | p99 ms | mean batch | tasks per pass "
+        "| loads (refills) | evictions | ms per load | answered once | top-5 = offline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for run in ("closed", "open"):
+        base = next(r for r in report["points"] if r["run"] == run and r["server"] == "8 tasks")
+        for r in (r for r in report["points"] if r["run"] == run):
+            label = (
+                f"closed, {c['clients']} clients"
+                if run == "closed"
+                else (f"open, {r['offered_per_s']:.1f}/s offered")
+            )
+            per_load = 1000 * r["load_seconds"] / r["loads"] if r["loads"] else float("nan")
+            lines.append(
+                f"| {label} | {r['server']} | {r['images_per_s']:.1f} "
+                f"| {r['images_per_s'] / base['images_per_s']:.2f} | {r['p50_ms']:.0f} "
+                f"| {r['p99_ms']:.0f} | {r['mean_batch']:.1f} | {r['mean_tasks_per_pass']:.1f} "
+                f"| {r['loads']:.0f} ({r['refills']:.0f}) | {r['evictions']:.0f} "
+                f"| {per_load:.0f} | {'yes' if r['answered_exactly_once'] else 'NO'} "
+                f"({r['answered_200']}/{r['requests']}) "
+                f"| {'yes' if r['top5_mismatches'] == 0 else 'NO'} ({r['top5_checked']} "
+                f"checked, max err {r['max_prob_error']:.1e}) |"
+            )
+    mem = report["memory"]
+    mib = 2**20
+    lines += [
+        "",
+        "| memory | MiB |",
+        "|---|---:|",
+        f"| backbone weights (ViT-S/14, {mem['backbone_params']:,} parameters) "
+        f"| {mem['backbone_bytes'] / mib:.1f} |",
+        f"| one task's adapter + head in memory (mean over the registry) "
+        f"| {mem['task_bytes'] / mib:.2f} |",
+        f"| paged server: adapter memory at its peak ({mem['peak_tasks']} tasks resident, "
+        f"budget {c['resident']}) | {mem['peak_adapter_bytes'] / mib:.1f} |",
+        f"| backbone + {c['resident']} tasks, from the sizes above "
+        f"| {(mem['backbone_bytes'] + c['resident'] * mem['task_bytes']) / mib:.1f} |",
+        f"| {c['resident']} fine-tuned copies of the model, from the sizes above "
+        f"| {c['resident'] * (mem['backbone_bytes'] + mem['head_bytes']) / mib:,.0f} |",
+        f"| all {c['tasks']} tasks' adapters, from the sizes above "
+        f"| {c['tasks'] * mem['task_bytes'] / mib:,.0f} |",
+    ]
+    for server, v in mem["processes"].items():
+        lines.append(
+            f"| {server} server process: resident set after start / at the end / peak "
+            f"| {v['start']['rss'] / mib:.0f} / {v['end']['rss'] / mib:.0f} / "
+            f"{v['end']['peak_rss'] / mib:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def paged(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The paged-server benchmark (``--many-tasks``): see docs/serving.md#paging."""
+    others = OtherLoad()
+    torch.set_num_threads(1)
+    images = real_images(args.images)
+    tasks8 = [f"t{i}" for i in range(len(CLASSES))]
+    points: list[dict] = []
+    memory: dict = {"processes": {}}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        reg8 = make_registry(root, args.checkpoint, args.img_size, args.scenario)
+        start = time.perf_counter()
+        many = make_many(root, args.many_tasks, seed=1)
+        _log.info("wrote %d tasks in %.0f s", args.many_tasks, time.perf_counter() - start)
+        names = many.names()
+        ranked = names[:]
+        random.Random(7).shuffle(ranked)
+        weights = zipf(len(ranked), args.zipf_s)
+        common = ["--threads", "1", "--decode-threads", "1", "--max-batch-size",
+                  str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
+                  "--max-queue", "1024"]  # fmt: skip
+        servers = {
+            "8 tasks": (stack.enter_context(running(reg8.root, *common)), tasks8, None),
+            f"{args.many_tasks} tasks": (
+                stack.enter_context(running(
+                    many.root, *common, "--max-resident-tasks", str(args.max_resident_tasks)
+                )),
+                ranked,
+                weights,
+            ),
+        }  # fmt: skip
+        for key, (server, tasks, w) in servers.items():
+            memory["processes"][key] = {"start": process_memory(server.proc.pid)}
+            asyncio.run(load(server.url, images, tasks, args.closed_clients, 600, args.warm_requests,
+                             seed=99, weights=w))  # fmt: skip
+        closed: dict[str, list[dict]] = {key: [] for key in servers}
+        keys = list(servers)
+        for r in range(args.rounds):
+            for key in keys[r % 2 :] + keys[: r % 2]:
+                server, tasks, w = servers[key]
+                closed[key].append(asyncio.run(load(
+                    server.url, images, tasks, args.closed_clients, args.seconds / args.rounds,
+                    args.max_requests // args.rounds, seed=1000 + r, weights=w,
+                )))  # fmt: skip
+        paged_key = keys[1]
+        capacity = sum(len(s["answers"]) for s in closed[paged_key]) / sum(
+            s["wall"] for s in closed[paged_key]
+        )
+        rate = args.open_share * capacity
+        opened: dict[str, list[dict]] = {key: [] for key in servers}
+        for key in keys:
+            server, tasks, w = servers[key]
+            opened[key].append(asyncio.run(open_loop(
+                server.url, images, tasks, w, rate, args.open_seconds, seed=2000,
+            )))  # fmt: skip
+        for key, (server, _, _) in servers.items():
+            memory["processes"][key]["end"] = process_memory(server.proc.pid)
+        final = asyncio.run(_text(servers[paged_key][0].url + "/metrics"))
+        for key, reg in ((keys[0], reg8), (paged_key, many)):
+            sample = answered_pairs(closed[key] + opened[key], args.check, seed=5)
+            top = offline_sample(reg, images, sample)
+            for run, slices in (("closed", closed[key]), ("open", opened[key])):
+                point = {"run": run, "server": key, **check(slices, top)}
+                if run == "open":
+                    point["offered_per_s"] = rate
+                _log.info("%s", {k: round(v, 3) if isinstance(v, float) else v
+                                 for k, v in point.items()})  # fmt: skip
+                points.append(point)
+        backbone = many.build_model(names=[])
+        sizes = _listing(many)
+        memory.update(
+            backbone_params=sum(p.numel() for p in backbone.parameters()),
+            backbone_bytes=sum(t.nbytes for t in backbone.state_dict().values()),
+            task_bytes=statistics.mean(v["bytes"] for v in sizes),
+            head_bytes=statistics.mean(v["head_bytes"] for v in sizes),
+            peak_tasks=int(metric(final, "adaptformer_resident_tasks_peak")),
+            peak_adapter_bytes=int(metric(final, "adaptformer_resident_adapter_bytes_peak")),
+        )
+    report = {
+        "command": shlex.join(["python", "benchmarks/serve.py", *(argv or sys.argv[1:])]),
+        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "others_cpu": others.share()},
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": args.checkpoint.name,
+        "config": {
+            "tasks": args.many_tasks,
+            "resident": args.max_resident_tasks,
+            "zipf_s": args.zipf_s,
+            "img_size": args.img_size,
+            "max_batch": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms,
+            "clients": args.closed_clients,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "warm_requests": args.warm_requests,
+            "open_share": args.open_share,
+            "open_seconds": args.open_seconds,
+            "nice": os.nice(0),
+            "capacity_per_s": capacity,
+        },
+        "memory": memory,
+        "points": points,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(paged_markdown(report))
+    if args.docs:
+        update_docs(paged_markdown(report), ROOT / "docs" / "serving.md", "serve-paged")
+    print(paged_markdown(report))
+    return 0
+
+
+def _listing(reg: af.TaskRegistry) -> list[dict]:
+    """Bytes of each task's tensors and of its head, from the safetensors headers."""
+    import math
+
+    from adaptformer.utils.files import safetensors_header
+
+    out = []
+    for name in reg.names():
+        header = safetensors_header(reg.path(name) / "adapter_model.safetensors")
+        sizes = {k: math.prod(t.shape) * 4 for k, t in header.items()}
+        heads = sum(v for k, v in sizes.items() if k.startswith("head."))
+        out.append({"name": name, "bytes": sum(sizes.values()), "head_bytes": heads})
+    return out
+
+
+async def _text(url: str) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        return (await client.get(url)).text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, default=BACKBONE, help="ViT-S/14 safetensors")
@@ -460,7 +858,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="serve", help="file stem under --out (default: serve)")
     p.add_argument("--docs", action="store_true", help="write the table into docs/serving.md")
+    paging = p.add_argument_group("paging: a registry of many tasks against the 8-task server")
+    paging.add_argument(
+        "--many-tasks",
+        type=int,
+        default=0,
+        help="run the paging benchmark with this many tasks (e.g. 1000)",
+    )
+    paging.add_argument("--max-resident-tasks", type=int, default=64)
+    paging.add_argument("--closed-clients", type=int, default=32)
+    paging.add_argument("--zipf-s", type=float, default=1.1)
+    paging.add_argument(
+        "--warm-requests",
+        type=int,
+        default=400,
+        help="requests each server answers before the measurement",
+    )
+    paging.add_argument(
+        "--open-share",
+        type=float,
+        default=0.7,
+        help="open-loop rate as a share of the paged closed-loop rate",
+    )
+    paging.add_argument("--open-seconds", type=float, default=60)
+    paging.add_argument(
+        "--check",
+        type=int,
+        default=200,
+        help="answered (image, task) pairs compared with offline per server",
+    )
+    paging.add_argument(
+        "--tmp",
+        type=Path,
+        default=None,
+        help="where the registries are written (1,000 ViT-S tasks: 2.5 GB)",
+    )
     args = p.parse_args(argv)
+    if args.many_tasks:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        for noisy in ("httpx", "adaptformer"):  # a line per request, per adapter injected
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"{args.checkpoint} not found: pass --checkpoint PATH")
+        return paged(args, argv)
     others = OtherLoad()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.checkpoint.is_file():

@@ -16,7 +16,9 @@ def test_help_lists_the_batching_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--registry", "--max-batch-size", "--max-wait-ms", "--max-queue",
                  "--max-upload-mb", "--batching", "--admin-token-file", "--body-timeout",
-                 "--min-upload-rate", "--max-uploads-per-client", "--allowed-hosts"):  # fmt: skip
+                 "--min-upload-rate", "--max-uploads-per-client", "--allowed-hosts",
+                 "--max-resident-tasks", "--adapter-memory", "--resident-wait",
+                 "--load-threads"):  # fmt: skip
         assert flag in out
 
 
@@ -47,6 +49,11 @@ def test_without_the_extra_it_says_how_to_install_it(monkeypatch, capsys, tmp_pa
         (["--min-upload-rate", "-1"], "--min-upload-rate -1.0"),
         (["--max-uploads-per-client", "-1"], "--max-uploads-per-client -1"),
         (["--allowed-hosts", "a.example,,b"], "--allowed-hosts 'a.example,,b'"),
+        (["--max-resident-tasks", "-1"], "--max-resident-tasks -1"),
+        (["--adapter-memory", "-2"], "--adapter-memory -2.0 (MiB >= 0)"),
+        (["--adapter-memory", "nan"], "--adapter-memory nan"),
+        (["--resident-wait", "-1"], "--resident-wait -1.0 (seconds >= 0)"),
+        (["--load-threads", "0"], "--load-threads 0"),
     ],
 )
 def test_bad_settings_are_one_line_errors(capsys, tmp_path, flags, words):

@@ -8,6 +8,7 @@ import base64
 import signal
 import threading
 
+from ..benchmarks.conftest import load_script
 from .conftest import png
 from .server import client, running
 
@@ -68,3 +69,23 @@ def test_sigterm_drains_requests_in_flight_then_exits(registry, task_runs):
         assert list(answers[task].json()["results"][0]["tasks"]) == [task]
     log = "".join(server.log)
     assert "drained: every queued request was answered" in log
+
+
+def test_the_budget_flags_page_tasks_in_a_real_server(registry):
+    """`--max-resident-tasks 2 --adapter-memory 1` on the command line: six tasks answered,
+    never more than two in memory, the budget on /metrics and /healthz."""
+    load_script("serve").write_tasks(registry, "shapes", 4, prefix="s")
+    flags = ("--max-resident-tasks", "2", "--adapter-memory", "1", "--max-wait-ms", "0")
+    with running(registry.root, *flags) as server, client(server) as http:
+        for task in ("s0", "s1", "s2", "shapes", "probe", "s0", "colours"):
+            r = http.post("/v1/predict", files={"image": ("a.png", png())}, data={"tasks": task})
+            assert r.status_code == 200, r.text
+        text = http.get("/metrics").text
+        health = http.get("/healthz").json()
+    assert "adaptformer_resident_budget_tasks 2.0" in text
+    assert "adaptformer_resident_tasks_peak 2.0" in text
+    assert "adaptformer_task_evictions_total 5.0" in text
+    assert health["resident"]["tasks"] == 2 and health["resident"]["max_bytes"] == 2**20
+    assert "tasks are loaded on demand and kept within --max-resident-tasks 2" in "".join(
+        server.log
+    )

@@ -112,7 +112,7 @@ def test_adapter_knobs_reach_the_adapter_config():
     ("text", "words"),
     [
         ("img_size: 100000", "img_size .*at most 1024"),
-        ("img_size: abc", "img_size must be a whole number, got 'abc'"),
+        ("img_size: abc", "img_size must be a whole number or empty, got .abc."),
         ("img_size: 1.5", "img_size must be a whole number"),
         ("model: 5", "model must be a string, got 5"),
         ("lr: fast", "lr must be a finite number or empty, got .fast."),

@@ -55,11 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "vpt-10); a bare name takes its own default size (default: linear adaptformer)",
     )
     p.add_argument(
-        "--bottleneck", type=int, help="one adapter width / LoRA rank for every method that "
+        "--bottleneck",
+        type=int,
+        help="one adapter width / LoRA rank for every method that "
         "has one (default: each method's own, or the size in its name)",
     )
     p.add_argument(
-        "--augment", choices=("paper", "none"),
+        "--augment",
+        choices=("paper", "none"),
         help="training augmentation (default: none for mnist5k's digits, else train's: paper)",
     )
     p.add_argument("--workers", type=int, default=0, help="data loading workers (default: 0)")

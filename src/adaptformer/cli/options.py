@@ -22,9 +22,15 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """One ``--flag`` per field; defaults are suppressed so only given flags override."""
+    """One ``--flag`` per field; defaults are suppressed so only given flags override.
+
+    ``defaults`` names the values a command sets itself where the field's default would apply
+    (``vtab``'s 224 px), so that its ``--help`` states them."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -34,6 +40,7 @@ def add_dataclass_flags(
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
         default = f.metadata.get("default_text", default)  # e.g. "the method's preset"
+        default = (defaults or {}).get(f.name, default)
         kwargs["help"] = f"{help_text} (default: {default})"
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

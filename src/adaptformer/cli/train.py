@@ -15,7 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a task (adapter + head) and write a run folder",
         description="Train with a YAML config (--config) and flag overrides; "
-        "`torchrun --nproc_per_node=N -m adaptformer train ...` runs DDP.",
+        "`torchrun --nproc_per_node=N -m adaptformer train ...` runs DDP. Given only --dataset "
+        "and --data-root, a run is sized for a first try: on a CPU 112 px, fp32 and as many "
+        "epochs as see about 6,000 training images (minutes on 2 cores), on a GPU 224 px, bf16 "
+        "and about 300,000; --img-size, --epochs and --precision choose, and the paper's "
+        "recipe (224 px, 100 epochs, SGD) is --config paper_image.",
     )
     p.add_argument("--config", help="YAML file of options (flags override it)")
     p.add_argument(

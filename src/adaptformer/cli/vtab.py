@@ -11,7 +11,7 @@ from .options import add_dataclass_flags, given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..training.vtab import PROTOCOL_FIELDS
+    from ..training.vtab import PROTOCOL_DEFAULTS, PROTOCOL_FIELDS
 
     p = sub.add_parser(
         "vtab",
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", default="runs/vtab", help="folder of all runs (default: runs/vtab)")
     p.add_argument("--config", help="YAML file of train options (flags override it)")
-    add_dataclass_flags(p, TrainConfig, skip=PROTOCOL_FIELDS)
+    add_dataclass_flags(p, TrainConfig, skip=PROTOCOL_FIELDS, defaults=PROTOCOL_DEFAULTS)
     p.set_defaults(func=run)
 
 

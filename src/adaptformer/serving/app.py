@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -40,7 +42,7 @@ from starlette.routing import Route
 
 from ..data import build_eval_transform
 from .batcher import Batcher, ModelStopped, Overloaded
-from .catalog import Catalog, TaskVersion, UnknownTask
+from .catalog import Catalog, TaskUnavailable, TaskVersion, TooManyTasks, UnknownTask
 from .config import ServeConfig
 from .images import BadImage, from_base64, preprocess
 from .metrics import ServeMetrics
@@ -86,12 +88,16 @@ class Service:
             compile=config.compile,
         )
         self.decoder = ThreadPoolExecutor(config.decode_threads, "adaptformer-decode")
+        # Requests whose tasks must be loaded wait here (a thread each, blocked on the
+        # catalog's condition; at most --max-queue requests are in progress).
+        self.pager = ThreadPoolExecutor(config.max_queue, "adaptformer-page")
         self.active = 0  # /v1/predict requests being handled
         self.preparing = 0  # ... of which not yet queued (read, decoded): worth a batch's wait
         self.reading = 0  # ... of which the body is still arriving
         self.uploads: collections.Counter[str] = collections.Counter()  # reading, per address
         self.draining = False
         self.metrics.tasks.set(len(catalog.list()))
+        self.metrics.watch_residents(catalog.residents)
         self.metrics.queue_depth.set_function(self.batcher.depth)
         self.metrics.reading.set_function(lambda: self.reading)
 
@@ -112,7 +118,7 @@ class Service:
             try:
                 futures = self.batcher.submit([(x, v.adapter) for x in tensors for v in versions])
             except BaseException:
-                self.catalog.release_versions(versions, len(images))
+                self.catalog.release_versions(versions, len(images), pinned=True)
                 raise
             logits = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
             response = self._answer(images, versions, logits, top_k, start)
@@ -120,8 +126,11 @@ class Service:
             response = error_response(e.status_code, str(e.detail), dict(e.headers or {}))
         except BadImage as e:
             response = error_response(e.status, str(e))
-        except UnknownTask as e:
+        except (UnknownTask, TooManyTasks) as e:
             response = error_response(422, str(e))
+        except TaskUnavailable as e:
+            again = {} if e.retry_after is None else {"Retry-After": str(e.retry_after)}
+            response = error_response(503, str(e), again)
         except Overloaded as e:
             response = error_response(503, str(e), {"Retry-After": str(e.retry_after)})
         except ClientDisconnect:
@@ -156,7 +165,9 @@ class Service:
     async def _prepare(
         self, request: Request, address: str
     ) -> tuple[list[tuple[str, bytes]], list[TaskVersion], list[torch.Tensor], int]:
-        """Read the request, take its task versions, decode its images on the decode threads."""
+        """Read the request, take its task versions, decode its images on the decode threads,
+        then pin its versions in memory (loading those that are not): the versions returned
+        hold its rows until :meth:`Catalog.release`."""
         self.reading += 1
         self.uploads[address] += 1
         try:
@@ -184,7 +195,22 @@ class Service:
         except BaseException:
             self.catalog.release_versions(versions, len(images))
             raise
+        versions = await self._resident(versions, len(images))
         return images, versions, tensors, top_k
+
+    async def _resident(self, versions: list[TaskVersion], rows_each: int) -> list[TaskVersion]:
+        """``versions`` pinned in memory; tasks out of memory are loaded on the pager threads
+        (never on the event loop, never on the model thread). Releases the checkout on error."""
+        if self.catalog.pin(versions, rows_each):
+            return versions
+        future = self.pager.submit(
+            self.catalog.acquire, versions, rows_each, self.config.resident_wait
+        )
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # the client is gone; the loading thread finishes alone
+            future.add_done_callback(functools.partial(_abandon, self.catalog, versions, rows_each))
+            raise
 
     def _answer(
         self,
@@ -330,6 +356,10 @@ class Service:
             "preparing": self.preparing,
             "reading": self.reading,
         }
+        if self.catalog.paged:  # tasks in memory, and the most the budget allows
+            r = self.catalog.residents()
+            body["resident"] = {"tasks": r.tasks, "max_tasks": r.budget.max_tasks,
+                                "bytes": r.nbytes, "max_bytes": r.budget.max_bytes}  # fmt: skip
         if self.catalog.skipped:  # registry tasks not loaded at start-up (broken files) -> why
             body["skipped"] = self.catalog.skipped
         status, reason = self._unhealthy()
@@ -375,13 +405,31 @@ class Service:
             self.config.max_batch_size,
             self.config.max_wait_ms,
         )
+        if self.catalog.paged:
+            _log.info("tasks are loaded on demand and kept within %s (--resident-wait %g s)",
+                      self.catalog.budget.describe(), self.config.resident_wait)  # fmt: skip
         try:
             yield
         finally:  # the server stops here only after answering the requests in flight
             self.draining = True
             await run_in_threadpool(self.batcher.stop)
             self.decoder.shutdown(wait=True)
+            self.pager.shutdown(wait=True)
             _log.info("drained: every queued request was answered")
+
+
+def _abandon(
+    catalog: Catalog,
+    versions: list[TaskVersion],
+    rows_each: int,
+    future: concurrent.futures.Future,
+) -> None:
+    """Undo what a request whose client left got: the pins :meth:`Catalog.acquire` took for
+    it, or its checkout if the acquire never ran (an acquire that failed released it)."""
+    if future.cancelled():
+        catalog.release_versions(versions, rows_each)
+    elif future.exception() is None:
+        catalog.release_versions(future.result(), rows_each, pinned=True)
 
 
 def client_gone(request: Request) -> Response:
@@ -479,7 +527,9 @@ def serve(
         torch.set_num_threads(config.threads)
     if not isinstance(registry, TaskRegistry):
         registry = TaskRegistry(registry)
-    catalog = Catalog.from_registry(registry, names, resolve_device(config.device))
+    catalog = Catalog.from_registry(
+        registry, names, resolve_device(config.device), config.budget, config.load_threads
+    )
     app = create_app(catalog, config, admin_token)
     service: Service = app.state.service
 

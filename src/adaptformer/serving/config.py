@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .images import DEFAULT_MAX_PIXELS
+from .paging import MIB, Budget
 
 BATCHING = ("cross-task", "per-task", "off")
 
@@ -75,6 +76,23 @@ class ServeConfig:
     top_k: int = _f(5, "labels per task and image when a request gives no top_k")
     decode_threads: int = _f(2, "threads decoding and preprocessing images")
     threads: int = _f(0, "torch threads for the forward pass (0: torch's default)")
+    max_resident_tasks: int = _f(
+        0,
+        "tasks kept in memory at most: the others stay on disk until their first request, and "
+        "the least recently used tasks no queued request needs are evicted to make room (0: no "
+        "limit; without --adapter-memory either, every task is loaded at start and kept)",
+    )
+    adapter_memory: float = _f(
+        0.0,
+        "MiB of adapter and head weights kept in memory at most, paged like "
+        "--max-resident-tasks (0: no limit)",
+    )
+    resident_wait: float = _f(
+        30.0,
+        "seconds a request may wait for room in memory for its tasks while every resident task "
+        "is in use by queued requests (503 with Retry-After beyond it; 0: refuse at once)",
+    )
+    load_threads: int = _f(2, "task files read at once at most when tasks are paged")
 
     def __post_init__(self) -> None:
         counts = {
@@ -84,9 +102,15 @@ class ServeConfig:
             "top_k": self.top_k,
             "decode_threads": self.decode_threads,
             "max_pixels": self.max_pixels,
+            "load_threads": self.load_threads,
         }
         bad = [f"--{k.replace('_', '-')} {v}" for k, v in counts.items() if v < 1]
         bad += [f"--threads {self.threads}"] if self.threads < 0 else []
+        bad += [f"--max-resident-tasks {self.max_resident_tasks}"] * (self.max_resident_tasks < 0)
+        if not (math.isfinite(self.adapter_memory) and self.adapter_memory >= 0):
+            bad.append(f"--adapter-memory {self.adapter_memory} (MiB >= 0)")
+        if not (math.isfinite(self.resident_wait) and self.resident_wait >= 0):
+            bad.append(f"--resident-wait {self.resident_wait} (seconds >= 0)")
         if self.max_uploads_per_client < 0:
             bad.append(f"--max-uploads-per-client {self.max_uploads_per_client}")
         if not (math.isfinite(self.body_timeout) and self.body_timeout > 0):
@@ -108,6 +132,12 @@ class ServeConfig:
             bad.append(f"--batching {self.batching!r} (one of {', '.join(BATCHING)})")
         if bad:
             raise ValueError(f"invalid serve settings: {', '.join(bad)}")
+
+    @property
+    def budget(self) -> Budget:
+        """What the server keeps in memory (unbounded: every task loaded at start)."""
+        nbytes = max(1, int(self.adapter_memory * MIB)) if self.adapter_memory > 0 else 0
+        return Budget(self.max_resident_tasks, nbytes)
 
     @property
     def max_upload_bytes(self) -> int:

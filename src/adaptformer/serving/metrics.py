@@ -3,10 +3,21 @@ the tests, must not share counters)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from .batcher import BatchStats
+from .catalog import Residents
+from .paging import LOAD_BUCKETS
 
 # Seconds: a 1 ms cache hit up to a 30 s pass of a large batch of 224 px images on a CPU.
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -58,6 +69,11 @@ class ServeMetrics:
             registry=r,
         )
 
+    def watch_residents(self, residents: Callable[[], Residents]) -> None:
+        """Export what :meth:`Catalog.residents` says at each scrape (tasks in memory, loads,
+        evictions, load times, the budget)."""
+        self.registry.register(_ResidentsCollector(residents))
+
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)
         self.batch_tasks.observe(stats.tasks)
@@ -67,3 +83,58 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ResidentsCollector:
+    """Reads the catalog's residency at scrape time: the catalog counts loads and evictions
+    itself (from before the app existed, too), so nothing has to be kept in step."""
+
+    def __init__(self, residents: Callable[[], Residents]) -> None:
+        self.residents = residents
+
+    def describe(self) -> list[Metric]:
+        return []  # names are checked at scrape time; nothing clashes with the fixed metrics
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.residents()
+        gauges = [
+            ("adaptformer_resident_tasks", "tasks whose adapter is in memory", r.tasks),
+            ("adaptformer_resident_adapter_bytes", "bytes of the adapter and head tensors in "
+             "memory", r.nbytes),
+            ("adaptformer_resident_tasks_peak", "most tasks in memory (or being loaded) at once "
+             "since start", r.peak_tasks),
+            ("adaptformer_resident_adapter_bytes_peak", "most adapter bytes in memory (or being "
+             "loaded) at once since start", r.peak_bytes),
+            ("adaptformer_tasks_loading", "tasks being loaded now", r.loading),
+            ("adaptformer_resident_budget_tasks", "--max-resident-tasks (0: no limit)",
+             r.budget.max_tasks),
+            ("adaptformer_resident_budget_bytes", "--adapter-memory in bytes (0: no limit)",
+             r.budget.max_bytes),
+        ]  # fmt: skip
+        for name, text, value in gauges:
+            yield GaugeMetricFamily(name, text, value=value)
+        loads = CounterMetricFamily(
+            "adaptformer_task_loads",
+            "tasks put in memory, by kind: refill (copied into an evicted adapter of the same "
+            "shape) or new (adapter modules built)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(r.stats.loads.items()):
+            loads.add_metric([kind], n)
+        yield loads
+        yield CounterMetricFamily(
+            "adaptformer_task_load_failures", "task loads refused (files damaged or changed)",
+            value=r.stats.failures,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "adaptformer_task_evictions", "tasks evicted from memory to make room",
+            value=r.stats.evictions,
+        )  # fmt: skip
+        counts = list(accumulate(r.stats.buckets))
+        edges = [f"{b:g}" for b in LOAD_BUCKETS] + ["+Inf"]
+        yield HistogramMetricFamily(
+            "adaptformer_task_load_seconds",
+            "seconds to read, check and put a task in memory (not the wait for room)",
+            buckets=list(zip(edges, counts, strict=True)),
+            sum_value=r.stats.seconds,
+        )

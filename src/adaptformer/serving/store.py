@@ -175,7 +175,9 @@ class TaskRegistry:
                 target.rename(trash)
                 shutil.rmtree(trash, ignore_errors=True)
         if entry is not None and not target.exists():
-            _log.warning("task %r: restoring its folder, moved aside by an interrupted change", name)
+            _log.warning(
+                "task %r: restoring its folder, moved aside by an interrupted change", name
+            )
             aside.rename(target)
         else:
             shutil.rmtree(aside, ignore_errors=True)
@@ -223,6 +225,12 @@ class TaskRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._index()["tasks"])
+
+    def entries(self) -> dict[str, tuple[Path, dict[str, Any]]]:
+        """Every task's folder and index entry (``source``, ``added``, ``sha256``) from one
+        read of ``registry.json``: listing 1,000 tasks through :meth:`path` would parse the
+        index 1,000 times. Hold :meth:`locked` to keep the folders as listed."""
+        return {n: (self._folder(n), dict(e)) for n, e in sorted(self._index()["tasks"].items())}
 
     def path(self, name: str) -> Path:
         """The adapter folder of task ``name``."""
@@ -398,7 +406,6 @@ class TaskRegistry:
         self.load_all(model, names)
         return model.to(device or torch.device("cpu")).eval()
 
-
     def _backbone(self, record: dict[str, Any]) -> nn.Module:
         """The recorded backbone; its checkpoint (a path in registry.json) is checked to be a
         regular file first, and a pickle holding more than tensors is one line that never
@@ -498,13 +505,27 @@ def task_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for f in TASK_FILES:
         path = folder / f
-        limit = MAX_TEXT_BYTES if f == CONFIG_NAME else MAX_TENSOR_BYTES
-        with open_regular(path, limit, f"a task's {f}") as src:
+        with open_regular(path, task_file_limit(f), f"a task's {f}") as src:
             size = os.fstat(src.fileno()).st_size
             h.update(f"{f}\0{size}\0".encode())
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def digest_of(files: dict[str, bytes]) -> str:
+    """:func:`task_digest` of a task's files already read (``{file name: bytes}``): a server
+    paging tasks hashes the very bytes it loads."""
+    h = hashlib.sha256()
+    for f in TASK_FILES:
+        h.update(f"{f}\0{len(files[f])}\0".encode())
+        h.update(files[f])
+    return h.hexdigest()
+
+
+def task_file_limit(name: str) -> int:
+    """The most bytes task file ``name`` may hold."""
+    return MAX_TEXT_BYTES if name == CONFIG_NAME else MAX_TENSOR_BYTES
 
 
 def refuse_backbone_methods(folder: Path) -> dict[str, Any]:

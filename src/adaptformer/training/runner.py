@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .draws import SeededBatches, SeededDraws
 from .engine import DivergenceGuard, GlobalBatchSampler, Schedule, train_one_epoch
 from .eta import EtaLoader
+from .first_try import log_filled, resolve_epochs, resolve_for_device
 from .interrupt import DeferredInterrupt
 from .modality import Modality, data_stats, modality_of
 from .param_groups import describe_lr_scales, param_groups
@@ -127,6 +128,7 @@ def fit(
     if resume:
         cfg = prepare_resume(cfg)
     device = resolve_device(cfg.device)
+    cfg, filled = resolve_for_device(cfg, device)  # unset size and precision: a first try
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA GPU (loss scaling); use bf16 on CPU")
     info = dist_utils.setup(device)
@@ -135,7 +137,7 @@ def fit(
         torch.cuda.set_device(device)
     progress = sys.stderr.isatty() and info.is_main if progress is None else progress
     try:
-        return _fit(cfg, resume, device, info, progress, dry_run)
+        return _fit(cfg, resume, device, info, progress, dry_run, filled)
     finally:
         dist_utils.teardown()
 
@@ -147,6 +149,7 @@ def _fit(
     info: dist_utils.DistInfo,
     progress: bool,
     dry_run: bool = False,
+    filled: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = Path(dist_utils.broadcast_object(cfg.output or default_output(cfg)))
@@ -157,6 +160,9 @@ def _fit(
     model = modality.build_backbone(cfg)
     stats = data_stats(model)
     data = modality.build_data(cfg, stats)
+    cfg, more = resolve_epochs(cfg, device, len(data.train))  # unset epochs: from the data
+    if info.is_main:
+        log_filled([*filled, *more], device, len(data.train))
     fingerprint = backbone_fingerprint(model)
     seed_everything(cfg.seed)  # adapter and head init independent of what the data code drew
     try:
@@ -223,7 +229,9 @@ def _train(
         with DeferredInterrupt(enabled=not info.enabled) as interrupt:
             for epoch in range(start_epoch, cfg.epochs):
                 sampler.set_epoch(epoch)
-                if info.rank:  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
+                if (
+                    info.rank
+                ):  # rank 0 keeps the single-process stream (checkpointed); see rank_seed
                     seed_everything(dist_utils.rank_seed(cfg.seed, info.rank, epoch))
                 loader = DataLoader(
                     SeededDraws(run.data.train),  # augmentation independent of workers and ranks
@@ -251,7 +259,12 @@ def _train(
                 row["seconds"] = time.time() - t0
                 score, loss = row.get("val_top1", row.get("val_mAP")), row.get("val_loss")
                 if improves(score, loss, best):
-                    best = {"score": score, "loss": loss, "epoch": epoch, "state": _task_state(model)}
+                    best = {
+                        "score": score,
+                        "loss": loss,
+                        "epoch": epoch,
+                        "state": _task_state(model),
+                    }
                 history.append(row)
                 _log.info(
                     "epoch %d/%d: %s",

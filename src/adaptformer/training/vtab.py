@@ -46,6 +46,9 @@ PROTOCOL_FIELDS = (
     "dataset", "data_root", "method", "bottleneck", "prompt_tokens", "output", "seed",
     "train_split", "test_split", "val_fraction", "lr",
 )  # fmt: skip
+# The protocol's own settings where `train` would choose for a first try (training/first_try.py):
+# VTAB-1k papers train at 224 px for 100 epochs; flags (or the config) override them.
+PROTOCOL_DEFAULTS: dict[str, Any] = {"img_size": 224, "epochs": 100, "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,16 @@ class Protocol:
         self.config("tune", self.tasks[0], self.methods[0], self.lr_grid[0], self.seeds[0])
 
     def default_blr(self, spec: str) -> float:
-        return TrainConfig(**{**self.base, **parse_method_spec(spec)}).resolved_blr
+        return TrainConfig(
+            **{**PROTOCOL_DEFAULTS, **self.base, **parse_method_spec(spec)}
+        ).resolved_blr
 
     def config(self, phase: str, task: str, spec: str, blr: float, seed: int) -> TrainConfig:
         """The run of one phase ("tune" or "final") as a ``TrainConfig``."""
         split = ("train800", "val200") if phase == "tune" else ("train800val200", "test")
         folder = f"tune-blr{blr:.3g}" if phase == "tune" else f"seed{seed}"
         return TrainConfig(**{
-            **self.base, **parse_method_spec(spec),
+            **PROTOCOL_DEFAULTS, **self.base, **parse_method_spec(spec),
             "dataset": "vtab1k", "data_root": str(self.root / task),
             "train_split": split[0], "test_split": split[1], "val_fraction": 0.0,
             "lr": None, "blr": blr, "seed": seed,
