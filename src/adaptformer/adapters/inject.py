@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import AdapterConfig, method_rule
+from .context import current_routing
 from .families import BlockFamily, family_of, pre_norm_residual
 from .families.base import Delta, get_path, set_path
 from .layers import AdaptMLP, LoRALinear, make_head, make_prompts
@@ -47,7 +48,6 @@ _ADDED = (
     "drop_prompts_after",
     "active_adapter",
     "adapters_enabled",
-    "routing",
 )
 # The canonical place of LoRA in a task file, whether the family fuses q, k, v or not.
 LORA_PATH = "attn.qkv"
@@ -61,6 +61,7 @@ class AdapterState:
     num_classes: dict[str, int] = field(default_factory=dict)
     active: str | None = None
     family: BlockFamily | None = None
+    generation: int = 0  # bumped whenever a task is added or removed (banks.TaskBanks watches it)
 
 
 class AdaptedBlock(nn.Module):
@@ -72,9 +73,6 @@ class AdaptedBlock(nn.Module):
 
     family: BlockFamily  # set on each derived class
     original_class: type[nn.Module]
-    # Set only while a mixed-task batch runs (``adaptformer.adapters.routing.routed``): each row then uses
-    # its own task's prompts and AdaptMLP instead of the active adapter.
-    routing = None
 
     def _init_adapters(self, num_prefix_tokens: int) -> None:
         self.adaptmlp = nn.ModuleDict()
@@ -128,8 +126,9 @@ class AdaptedBlock(nn.Module):
         self.drop_prompts_after.pop(name, None)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.routing is not None:
-            return self.family.output(self.routing.block_forward(self, x, args, kwargs), self)
+        routing = current_routing()  # a mixed-task batch: each row its own task's adapters
+        if routing is not None and routing.covers(self):
+            return self.family.output(routing.block_forward(self, x, args, kwargs), self)
         name = self.active_adapter if self.adapters_enabled else None
         prompts = self.prompts[name] if name is not None and name in self.prompts else None
         if prompts is not None:
@@ -398,6 +397,7 @@ def _add_adapter(
     state.configs[name] = config
     state.num_classes[name] = _head_classes(new_head)
     state.active = name
+    state.generation += 1
     _set_active(model, name)
 
 
@@ -559,6 +559,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         m.remove(name)
     del state.configs[name]
     del state.num_classes[name]
+    state.generation += 1
     if state.active == name:
         state.active = None
         remaining = sorted(state.configs)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AdapterConfig
+from .context import current_routing
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
@@ -98,10 +99,6 @@ class LoRALinear(nn.Linear):
     so a task file holds the same tensors for both layouts.
     """
 
-    # Set only while a mixed-task batch runs (``adaptformer.adapters.routing.routed``): each row then gets
-    # its own task's update instead of the active adapter's.
-    routing = None
-
     def __init__(self, base: nn.Linear) -> None:
         nn.Module.__init__(self)
         self.in_features = base.in_features
@@ -159,8 +156,9 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        if self.routing is not None:
-            delta = self.routing.lora_delta(self, x)
+        routing = current_routing()  # a mixed-task batch: each row its own task's update
+        if routing is not None and routing.covers(self):
+            delta = routing.lora_delta(self, x)
             return out if delta is None else out + delta
         name = self.active_adapter
         if self.adapters_enabled and name is not None and self.has(name):

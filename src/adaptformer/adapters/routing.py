@@ -1,22 +1,26 @@
 """Per-batch task routing: which rows of a batch run which task's adapters.
 
 One frozen backbone serves many tasks ("scalable" in AdaptFormer, Chen et al., NeurIPS 2022,
-https://arxiv.org/abs/2205.13535). While a routing is set (by :func:`routed`) on every
-``AdaptedBlock`` and ``LoRALinear``, those modules stop using their single active adapter and ask
-the routing for each row's own adapter output. The frozen parts (attention, MLP, norms) still run
-once over the whole batch. Two layouts share one block implementation:
+https://arxiv.org/abs/2205.13535). While a routing is current (:func:`routed`, a context
+variable: re-entrant and thread-safe), every ``AdaptedBlock`` and ``LoRALinear`` of the routed
+model stops using its single active adapter and asks the routing for each row's own adapter
+output. The frozen parts (attention, MLP, norms) still run once over the whole batch. Two
+layouts share one block implementation:
 
-- :class:`GroupedRouting`: rows sorted so that each task's rows are contiguous; every adapter runs
-  on its own rows only (batch slices are views, no copies) and the pieces are concatenated. No
-  Python loop over samples, only over the tasks present. Used for eager inference and training.
-- :class:`MaskedRouting`: the task of each row is an index tensor; every adapter runs on all rows
-  and ``torch.where`` keeps its own rows. Static shapes and no data-dependent control flow, which
-  is what tracing (ONNX, TorchScript) needs, at the price of running each adapter on every row.
+- :class:`BankRouting`: the task of each row is an index tensor into the model's
+  :class:`~adaptformer.adapters.banks.TaskBanks`; each adapter point is one batched product on
+  weights gathered per row. A fixed number of kernels whatever the number of tasks, static
+  shapes, rows in any order: used for inference, export (tracing) and ``torch.compile``.
+- :class:`GroupedRouting`: rows sorted so that each task's rows are contiguous; every adapter
+  runs on its own rows (batch slices are views) and the pieces are concatenated. It calls the
+  task's own modules, so it is used where banks cannot be: training-mode passes (dropout,
+  drop-path, gradients reaching each task's parameters).
 
 VPT prompts change the token count per task, so mixed batches pad prompts to the largest count
 present and mask the padding out of attention as keys (an additive ``-inf`` bias: the softmax
 weights of real tokens are then exactly those of the unpadded sequence). Padded query rows are
-computed and thrown away with the prompts.
+computed and thrown away with the prompts. Prompts are read from the tasks' own parameters with
+one masked select per prompt task that may be in the batch (they are not banked).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inject import AdaptedBlock, temporarily_set, unwrap
+from .banks import Cut, TaskBanks
+from .context import routing_scope
+from .families.base import Delta
+from .inject import AdaptedBlock, unwrap
 from .layers import LoRALinear
 
 RowFn = Callable[[torch.Tensor], torch.Tensor]
@@ -43,20 +50,29 @@ class TaskRouting:
     persist from block to block.
     """
 
-    names: tuple[str, ...]  # tasks that rows of this batch may belong to
+    names: tuple[str, ...]  # tasks that rows of this batch may belong to (prompts read these)
+    members: set[int]  # ids of the modules routed (one model's): other models run as usual
 
     def __init__(self) -> None:
         self._kept_valid: torch.Tensor | None = None  # (B, K): real kept (shallow) prompt slots
         self._kept_full = True  # statically known: every row's kept slots are all real
         self._kept_tasks: set[str] = set()
+        self.members = set()
+
+    def covers(self, module: nn.Module) -> bool:
+        """Whether ``module`` belongs to the routed model."""
+        return id(module) in self.members
 
     # -- layout-specific primitives -------------------------------------------------------------
-    def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
-        """Each row of ``src`` through its task's function, zeros for tasks without one.
+    def adapter_delta(self, block: AdaptedBlock) -> Delta:
+        """``delta(point, src)``: each row's own AdaptMLP update at ``point`` of ``block``."""
+        raise NotImplementedError
 
-        ``src`` has one row per sample, or ``k`` consecutive rows per sample (LoRA inside
+    def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
+        """Each row's own LoRA update ``B(A(x)) * alpha / r`` (None if no task has one here).
+
+        ``x`` has one row per sample, or ``k`` consecutive rows per sample (LoRA inside
         windowed attention sees Swin's windows, ``B * k`` rows, sample-major).
-        Returns None when no task of this batch has a function (nothing to add).
         """
         raise NotImplementedError
 
@@ -65,13 +81,6 @@ class TaskRouting:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
-    def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
-        """Each row's own LoRA update ``B(A(x)) * alpha / r`` (None if no task has one here)."""
-        if not layer.adapters_enabled:
-            return None
-        fns = {t: functools.partial(layer.update, t) for t in self.names if layer.has(t)}
-        return self.apply(fns, x) if fns else None
-
     def block_forward(
         self,
         block: AdaptedBlock,
@@ -117,12 +126,7 @@ class TaskRouting:
                     "with different prompt counts cannot share a batch; run them one at a time"
                 )
             kwargs[block.family.mask_kwarg] = _key_padding_bias(valid, n, x)
-        adapters = {t: block.adapters_of(t) for t in names}
-
-        def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
-            fns = {t: a for t, mods in adapters.items() for a in mods if a.reads == point}
-            return self.apply(fns, src) if fns else None  # each row its own task's adapter
-
+        delta = self.adapter_delta(block)
         with block.prompt_scope(x, args, kwargs):
             x = block.residual(x, delta, *args, **kwargs)
         if temp:
@@ -169,6 +173,61 @@ class TaskRouting:
         return x
 
 
+class BankRouting(TaskRouting):
+    """Row ``i`` runs the task in slot ``index[i]`` of ``banks``; traceable and compilable.
+
+    Args:
+        banks: the stacked adapters (current for every task ``index`` may name).
+        index: ``(B,)`` int64 slots, the only per-batch input of the adapters and heads.
+        names: the tasks rows may belong to, needed only when some of them have VPT prompts
+            (prompts are per task, so their selection is unrolled over these); ``()`` otherwise,
+            which keeps the pass independent of the mix.
+        plan: ``TaskBanks.plan`` of the batch's tasks, when the pass need not serve every mix
+            (eager): banks no task of the batch uses are skipped, ranks cut to the batch's
+            largest, and a bank only some rows' tasks use runs on those rows. None (compiled,
+            traced) computes every bank on every row.
+    """
+
+    def __init__(
+        self,
+        banks: TaskBanks,
+        index: torch.Tensor,
+        names: Sequence[str] = (),
+        plan: dict[int, Cut] | None = None,
+    ) -> None:
+        super().__init__()
+        self.banks, self.index, self.names = banks, index, tuple(names)
+        self.plan = plan
+        self.members = banks.members
+
+    def adapter_delta(self, block: AdaptedBlock) -> Delta:
+        points = self.banks.block_banks(block) if block.adapters_enabled else {}
+        index, plan = self.index, self.plan
+
+        def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
+            bank = points.get(point)
+            if bank is None or bank.empty:
+                return None
+            if plan is None:
+                return bank(src, index)
+            cut = plan.get(id(bank))
+            return None if cut is None else bank(src, index, cut)
+
+        return delta
+
+    def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
+        if not layer.adapters_enabled:
+            return None
+        return self.banks.lora_delta(layer, x, self.index, self.plan)
+
+    def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
+        out = fill.expand(self.index.shape[0], *fill.shape)
+        for t, v in values.items():
+            mask = (self.index == self.banks.slots[t]).view(-1, *[1] * fill.dim())
+            out = torch.where(mask, v.to(fill.dtype), out)
+        return out
+
+
 class GroupedRouting(TaskRouting):
     """Rows sorted by task: ``groups`` lists ``(task, start, stop)`` covering the batch in order."""
 
@@ -177,7 +236,13 @@ class GroupedRouting(TaskRouting):
         self.groups = list(groups)
         self.names = tuple(t for t, _, _ in self.groups)
 
+    def bind(self, model: nn.Module) -> None:
+        """Route ``model``'s adapted modules (and no other model's)."""
+        self.members = {id(m) for m in model.modules() if isinstance(m, (AdaptedBlock, LoRALinear))}
+
     def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
+        """Each row of ``src`` through its task's function, zeros for tasks without one
+        (None when no task of this batch has a function)."""
         if not any(t in fns for t in self.names):
             return None
         if len(self.groups) == 1:
@@ -189,39 +254,25 @@ class GroupedRouting(TaskRouting):
         pieces = [done[t] if t in done else src.new_zeros((b - a, *shape)) for t, a, b in groups]
         return torch.cat(pieces, dim=0)
 
+    def adapter_delta(self, block: AdaptedBlock) -> Delta:
+        names = self.names if block.adapters_enabled else ()
+        adapters = {t: block.adapters_of(t) for t in names}
+
+        def delta(point: str, src: torch.Tensor) -> torch.Tensor | None:
+            fns = {t: a for t, mods in adapters.items() for a in mods if a.reads == point}
+            return self.apply(fns, src) if fns else None  # each row its own task's adapter
+
+        return delta
+
+    def lora_delta(self, layer: LoRALinear, x: torch.Tensor) -> torch.Tensor | None:
+        if not layer.adapters_enabled:
+            return None
+        fns = {t: functools.partial(layer.update, t) for t in self.names if layer.has(t)}
+        return self.apply(fns, x) if fns else None
+
     def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
         pieces = [values.get(t, fill).expand(b - a, *fill.shape) for t, a, b in self.groups]
         return torch.cat(pieces, dim=0)
-
-
-class MaskedRouting(TaskRouting):
-    """Row ``i`` runs task ``names[task_index[i]]``; traceable (no data-dependent Python)."""
-
-    def __init__(self, task_index: torch.Tensor, names: Sequence[str]) -> None:
-        super().__init__()
-        self.names = tuple(names)
-        self.task_index = task_index
-        self._masks = {t: task_index == i for i, t in enumerate(self.names)}
-
-    def apply(self, fns: dict[str, RowFn], src: torch.Tensor) -> torch.Tensor | None:
-        out = None
-        batch = self.task_index.shape[0]
-        for t, fn in fns.items():
-            y = fn(src)
-            if y.shape[0] != batch:  # k rows per sample (Swin's windows): one group per sample
-                y = y.reshape(batch, -1, *y.shape[1:])
-            mask = self._masks[t].view(-1, *[1] * (y.dim() - 1))
-            out = torch.where(mask, y, y.new_zeros(()) if out is None else out)
-        if out is not None and out.shape[0] != src.shape[0]:
-            out = out.reshape(src.shape[0], *out.shape[2:])
-        return out
-
-    def rows(self, values: dict[str, torch.Tensor], fill: torch.Tensor) -> torch.Tensor:
-        out = fill.expand(self.task_index.shape[0], *fill.shape)
-        for t, v in values.items():
-            mask = self._masks[t].view(-1, *[1] * fill.dim())
-            out = torch.where(mask, v.to(fill.dtype), out)
-        return out
 
 
 def _key_padding_bias(valid: torch.Tensor, prefix: int, x: torch.Tensor) -> torch.Tensor:
@@ -239,6 +290,10 @@ def _key_padding_bias(valid: torch.Tensor, prefix: int, x: torch.Tensor) -> torc
 
 @contextlib.contextmanager
 def routed(model: nn.Module, routing: TaskRouting) -> Iterator[nn.Module]:
-    """Route every adapted module of ``model`` through ``routing`` for the enclosed passes."""
-    with temporarily_set(unwrap(model), "routing", routing):
+    """Route every adapted module of ``model`` through ``routing`` for the enclosed passes
+    (in this thread or asyncio task only: other callers of the model are not affected)."""
+    model = unwrap(model)
+    if isinstance(routing, GroupedRouting):
+        routing.bind(model)
+    with routing_scope(routing):
         yield model

@@ -85,6 +85,7 @@ class Service:
             on_done=catalog.release,
             model_lock=catalog.model_lock,
             coming=lambda: self.preparing,
+            compile=config.compile,
         )
         self.decoder = ThreadPoolExecutor(config.decode_threads, "adaptformer-decode")
         # Requests whose tasks must be loaded wait here (a thread each, blocked on the

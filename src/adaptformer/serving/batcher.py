@@ -25,7 +25,7 @@ server's health check turns to 503).
 
 Only the model thread runs the model. Hot task changes take :attr:`Batcher.model_lock`, the
 lock every forward pass holds, so an adapter is never added or removed in the middle of a pass
-(the routing of a mixed batch sits on the model's modules while it runs).
+(a pass reads the task modules and their banks, which adding or removing a task changes).
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ class Batcher:
         model_lock: held during every pass; whoever changes the model's tasks takes it too.
         coming: how many requests are being read or decoded (their rows are worth waiting
             for); None waits up to ``max_wait`` in any case.
+        compile: passed to :func:`forward_tasks` (``torch.compile`` the passes).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class Batcher:
         on_done: Callable[[Sequence[Row]], None] | None = None,
         model_lock: threading.RLock | None = None,
         coming: Callable[[], int] | None = None,
+        compile: bool | str = False,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or not math.isfinite(max_wait) or max_wait < 0:
             raise ValueError(
@@ -131,6 +133,7 @@ class Batcher:
         if mode not in MODES:
             raise ValueError(f"batching mode {mode!r} is not one of {MODES}")
         self.model, self.device, self.mode = model, device, mode
+        self.compile = compile
         self.max_batch = 1 if mode == "off" else max_batch
         self.max_wait = 0.0 if mode == "off" else max_wait
         self.max_queue = max_queue
@@ -279,7 +282,7 @@ class Batcher:
         try:
             x = torch.stack([r.x for r in rows]).to(self.device)
             with self.model_lock, torch.inference_mode():
-                out = forward_tasks(self.model, x, [r.task for r in rows])
+                out = forward_tasks(self.model, x, [r.task for r in rows], self.compile)
             logits = out.logits.float().cpu()
             answered_at = time.perf_counter()
             for r, row, width in zip(rows, logits, out.num_classes, strict=True):

@@ -42,6 +42,11 @@ class ServeConfig:
         "per pass (the last two are baselines for benchmarks)",
         choices=BATCHING,
     )
+    compile: bool = _f(
+        False,
+        "run mixed-task passes through torch.compile: one graph for every mix of tasks, "
+        "compiled on the first passes (minutes on a CPU; docs/multitask.md has what it bought)",
+    )
     max_upload_mb: float = _f(10.0, "request body size limit in MiB (413 beyond it)")
     body_timeout: float = _f(
         20.0,

@@ -4,9 +4,9 @@ One task exports as the plain model: ``image (B, 3, H, W) -> logits (B, classes)
 tasks export as one graph over the shared backbone with a second input, ``task_index (B,)``
 (int64, position in the exported task list); its output is ``(B, max classes)`` logits with
 ``-inf`` beyond each row's class count, the same layout as :func:`adaptformer.forward_tasks`.
-Inside the graph every adapter runs on every row and ``where`` keeps each row's own
-(:class:`adaptformer.adapters.routing.MaskedRouting`): static shapes are what tracing needs, and adapters
-are small next to the backbone.
+Inside the graph each row's adapters and head are gathered by its index from banks holding the
+exported tasks only (:mod:`adaptformer.adapters.banks`, the same code as ``forward_tasks``):
+static shapes, which is what tracing needs, and a fixed cost whatever the number of tasks.
 
 Both formats go through the tracer (``torch.onnx.export(dynamo=False)`` and ``torch.jit.trace``):
 the ``torch.export``-based ONNX exporter needs ``onnxscript``, which is not a dependency.
@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.inject import adapter_state, get_head, head_width, set_adapter, unwrap
-from ..adapters.routing import MaskedRouting, routed
+from ..adapters.banks import TaskBanks
+from ..adapters.context import routing_scope
+from ..adapters.inject import adapter_state, set_adapter, unwrap
+from ..adapters.routing import BankRouting
 from ..utils.errors import UserFacingError
 from ..utils.files import atomic_path
-from .multitask import forward_tasks
+from .multitask import banked_pass, grouped_pass, task_widths
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class TaskIndexedModel(nn.Module):
 
     Args:
         model: a model holding every task in ``names``.
-        names: the exported tasks; ``task_index[i]`` is a position in this list.
+        names: the exported tasks; ``task_index[i]`` is a position in this list (an index
+            outside it gives a row of ``-inf``).
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -62,24 +65,20 @@ class TaskIndexedModel(nn.Module):
                 f"cannot export task(s) {unknown}; the model has {sorted(state.configs)}"
             )
         self.num_classes = task_widths(self.model, self.names)
+        # Banks of the exported tasks only (slot i = names[i]): the file holds nothing else.
+        self.banks = TaskBanks(self.model, self.names)
+        prompted = any(state.configs[t].method == "vpt" for t in self.names)
+        self._prompt_names = tuple(self.names) if prompted else ()
         self.train(self.model.training)  # a fresh Module is in training mode; follow the model
 
     def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        with routed(self.model, MaskedRouting(task_index, self.names)):
-            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        width = max(self.num_classes)
-        out = feats.new_full((feats.shape[0], width), float("-inf"))  # unknown index: all -inf
-        for i, t in enumerate(self.names):
-            y = get_head(self.model, t)(feats)
-            y = F.pad(y, (0, width - y.shape[1]), value=float("-inf"))
-            out = torch.where((task_index == i)[:, None], y, out)
-        return out
-
-
-def task_widths(model: nn.Module, names: Sequence[str]) -> list[int]:
-    """Output width of each task's head (its classes; features for a head-less task)."""
-    state = adapter_state(model)
-    return [state.num_classes[t] or head_width(model) for t in names]
+        self.banks.sync(self.model, self.names)  # tasks changed in place since: rewrite slots
+        valid = (task_index >= 0) & (task_index < len(self.names))
+        index = torch.where(valid, task_index, torch.zeros_like(task_index))
+        with routing_scope(BankRouting(self.banks, index, self._prompt_names)):
+            logits, _ = banked_pass(self.model, self.banks, x, index)
+        logits = logits[:, : max(self.num_classes)]
+        return torch.where(valid[:, None], logits, torch.full_like(logits, float("-inf")))
 
 
 @dataclass(frozen=True)
@@ -278,8 +277,8 @@ def _verify(
     ``file`` (the export, not yet at its final ``path``, which messages name)."""
     args = _example(model, names, size, batch=len(names) + 3)
     with torch.no_grad():
-        if len(names) > 1:  # the reference is the eager grouped path, not the traced module
-            ref = forward_tasks(model, args[0], [names[i] for i in args[1].tolist()]).logits
+        if len(names) > 1:  # the reference: each task's own modules (not the banks traced)
+            ref, _ = grouped_pass(model, args[0], [names[i] for i in args[1].tolist()])
             width = max(task_widths(model, names))
             ref = F.pad(ref, (0, width - ref.shape[1]), value=float("-inf"))
         else:

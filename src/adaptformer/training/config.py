@@ -238,6 +238,11 @@ class TrainConfig:
         default_text=FIRST_TRY_HELP["precision"],
     )
     grad_checkpointing: bool = _f(False, "recompute block activations in backward to save memory")
+    compile: bool = _f(
+        False,
+        "run the model through torch.compile (a C++ compiler is needed on CPU; the first steps "
+        "compile for minutes; docs/multitask.md has what it bought on our CPU)",
+    )
     divergence_guard: bool = _f(
         True, "stop a run whose loss climbs past 3x its start (a learning rate too high)"
     )

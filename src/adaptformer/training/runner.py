@@ -208,6 +208,8 @@ def _train(
         if info.enabled
         else model
     )
+    if cfg.compile:
+        ddp = torch.compile(ddp)
 
     start_epoch, history, best = 0, [], {"score": None, "loss": None, "epoch": None, "state": None}
     guard = DivergenceGuard(_lower_lr_hint(cfg)) if cfg.divergence_guard else None
