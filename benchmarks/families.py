@@ -150,8 +150,7 @@ def _cell(fn: Callable[[], str | None]) -> str:
         out = fn()
         return out or "yes"
     except (ValueError, TypeError) as e:  # a one-line refusal is an answer, not a crash
-        line = str(e).splitlines()[0]
-        return f"refused: {line[:140]}"
+        return f"refused: {str(e).splitlines()[0]}"  # whole: refusals are one line by design
     except Exception as e:  # the matrix reports what fails, it never hides it
         _log.warning("%s", traceback.format_exc())
         return f"FAILS: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
