@@ -362,11 +362,56 @@ def format_speed(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(rows: list[dict[str, str]]) -> str:
+    """The README's compact matrix: one row per method, one column per family; ``all`` when
+    every feature ran, otherwise what did not, with the same numbered notes as the full table."""
+    notes: list[str] = []
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["family"], r["method"]): r for r in rows}
+
+    def note(text: str) -> str:
+        kind, _, reason = text.partition(": ")
+        reason = re.sub(r"(/tmp|/var)\S*", "RUN", reason).strip()
+        if reason not in notes:
+            notes.append(reason)
+        return f"{kind} [{notes.index(reason) + 1}]"
+
+    def cell(r: dict[str, str] | None) -> str:
+        if r is None:
+            return "not run"
+        if r["inject"] != "yes":
+            return note(r["inject"])
+        bad = [f"{f} {note(r[f]).removeprefix('refused ')}" for f in FEATURES if r[f] != "yes"]
+        return "all" if not bad else "all but " + ", ".join(bad)
+
+    lines = ["| method | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell(by.get((f, m))) for f in families) + " |")
+    lines += [
+        "",
+        f"`all`: {', '.join(FEATURES)} each ran and passed its check "
+        "([what each checks](docs/families.md#support-matrix-and-training-speed)); `all but X "
+        "[n]`: X was refused with note n's one line (a `FAILS` would mean a bug).  ",
+        *(f"[{i}] {n}  " for i, n in enumerate(notes, 1)),
+    ]
+    return "\n".join(lines).rstrip()
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` with the families measured again replaced by ``new`` (in CASES order)."""
+    fresh = {r["family"] for r in new}
+    rows = [r for r in old if r["family"] not in fresh] + new
+    order = {c.family: i for i, c in enumerate(CASES)}
+    return sorted(rows, key=lambda r: order.get(r["family"], len(order)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", default=["matrix", "speed"],
                         choices=["matrix", "speed"])  # fmt: skip
-    parser.add_argument("--families", nargs="+", default=None, help="default: every case")
+    parser.add_argument("--families", nargs="+", default=None,
+                        help="default: every case; others keep their rows from --out's json")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -374,45 +419,64 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cases = [c for c in CASES if args.families is None or c.family in args.families]
-    started = time.time()
-    result: dict[str, Any] = {
-        "command": "python benchmarks/families.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_info(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
-    }
+    path = args.out / "families.json"
+    # A section or family run alone replaces only its part of the results (each section keeps
+    # the command, machine and date it was measured with).
+    result: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    result = {k: v for k, v in result.items() if k in ("matrix", "speed")}
+    command = "python benchmarks/families.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if "matrix" in args.sections:
-            result["matrix"] = [r for c in cases for r in matrix_rows(c, work)]
-        if "speed" in args.sections:
-            result["speed"] = [
-                r for c in cases for r in speed_rows(c, work, args.repeats, args.batch)
-            ]
-    result["seconds"] = round(time.time() - started)
+        for section in args.sections:
+            started = time.time()
+            meta = {"command": command, "machine": machine_info(),
+                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
+            if section == "matrix":
+                rows = [r for c in cases for r in matrix_rows(c, work)]
+            else:
+                rows = [r for c in cases for r in speed_rows(c, work, args.repeats, args.batch)]
+            old = (
+                result.get(section, {}).get("rows", [])
+                if isinstance(result.get(section), dict)
+                else []
+            )
+            meta["seconds"] = round(time.time() - started)
+            result[section] = {**meta, "rows": merge_rows(old, rows)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "families.json").write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")
     md = report(result)
     (args.out / "families.md").write_text(md + "\n")
     print(md)
-    if args.update_docs and "matrix" in result:
-        update_docs(format_matrix(result["matrix"]), ROOT / "README.md", "support-matrix")
+    if args.update_docs:
+        if "matrix" in result:
+            update_docs(
+                format_summary(result["matrix"]["rows"]), ROOT / "README.md", "support-matrix"
+            )
         update_docs(md, ROOT / "docs" / "families.md", "families-results")
 
 
+def _measured(meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    load = m.get("load_average")
+    load_text = f", load average {load[0]:.1f} at the start" if load else ""
+    return (f"`{meta['command']}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch "
+            f"{m.get('torch', '?')}; {meta['date']}"
+            + (f", {meta['seconds']} s" if meta.get("seconds") is not None else "")
+            + f"{load_text}.")  # fmt: skip
+
+
 def report(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    out = [
-        f"Command: `{result['command']}`  ",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {result['torch']}; "
-        f"{result['date']}; {result['seconds']} s.",
-    ]
+    out: list[str] = []
     if "matrix" in result:
-        out += ["", format_matrix(result["matrix"])]
+        out += [
+            f"Matrix: {_measured(result['matrix'])}",
+            "",
+            format_matrix(result["matrix"]["rows"]),
+            "",
+        ]
     if "speed" in result:
-        out += ["", format_speed(result["speed"])]
-    return "\n".join(out)
+        out += [f"Speed: {_measured(result['speed'])}", "", format_speed(result["speed"]["rows"])]
+    return "\n".join(out).rstrip()
 
 
 if __name__ == "__main__":

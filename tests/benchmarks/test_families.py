@@ -34,3 +34,26 @@ def test_the_matrix_runs_each_feature_for_real(tmp_path, monkeypatch):
     assert rows["full"]["mixed"].startswith("refused: task(s) ['t'] were trained with full")
     assert rows["full"]["serve"].startswith("refused:")
     assert rows["full"]["onnx"] == "yes" and rows["full"]["task file"] == "yes"
+
+
+def test_the_readme_summary_has_one_row_per_method_and_one_column_per_family():
+    yes = dict.fromkeys(families.FEATURES, "yes")
+    refused = dict.fromkeys(families.FEATURES, "-") | {"inject": "refused: no prompts in windows"}
+    rows = [
+        {"family": "vit", "method": "lora", **yes},
+        {"family": "swin", "method": "lora", **yes},
+        {"family": "vit", "method": "full", **yes, "mixed": "refused: /tmp/r shares weights"},
+        {"family": "swin", "method": "vpt", **refused},
+    ]
+    md = families.format_summary(rows)
+    assert md.splitlines()[0] == "| method | vit | swin |"
+    assert "| lora | all | all |" in md
+    assert "| full | all but mixed [1] | not run |" in md
+    assert "| vpt | not run | refused [2] |" in md
+    assert "[1] RUN shares weights" in md and "[2] no prompts in windows" in md
+
+
+def test_a_family_measured_again_replaces_only_its_rows():
+    old = [{"family": "vit", "v": 1}, {"family": "swin", "v": 1}, {"family": "eva", "v": 1}]
+    rows = families.merge_rows(old, [{"family": "swin", "v": 2}])
+    assert rows == [{"family": "vit", "v": 1}, {"family": "eva", "v": 1}, {"family": "swin", "v": 2}]
