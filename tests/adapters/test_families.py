@@ -104,6 +104,20 @@ def test_refusals_name_the_block_and_the_reason():
         af.inject(Hiera())
 
 
+def test_a_distilled_deit_is_refused_before_anything_changes():
+    """Its blocks are the vit family's, but its output averages a second head that a task head
+    does not replace (it used to fail at the first forward with a shape error)."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    model = VisionTransformerDistilled(img_size=32, patch_size=16, embed_dim=32, depth=2,
+                                       num_heads=2, num_classes=0)  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match="head_dist.*deit_small_patch16_224"):
+        af.inject(model, af.AdapterConfig(bottleneck=4), name="t", num_classes=5)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_a_subclass_that_overrides_forward_is_refused():
     from timm.models.vision_transformer import Block
 

@@ -34,6 +34,12 @@ UNSUPPORTED |= dict.fromkeys(
     "--model hf:FOLDER), which gives it the head and forward_features the adapters use",
 )  # fmt: skip
 UNSUPPORTED["VideoMAEForVideoClassification"] = UNSUPPORTED["VideoMAEModel"]
+# Blocks a family knows inside a model that needs more than the family gives.
+UNSUPPORTED["VisionTransformerDistilled"] = (
+    "DeiT's distilled models average two heads (head on the class token, head_dist on the "
+    "distillation token) and adaptformer trains one head per task: use the non-distilled DeiT "
+    "weights (e.g. deit_small_patch16_224) or another ViT"
+)
 
 
 def register_family(family: BlockFamily) -> BlockFamily:
@@ -56,6 +62,9 @@ def family_of(model: nn.Module) -> BlockFamily:
         TypeError: one line naming the model's class, what is refused and why, and the families
             that are supported.
     """
+    name = type(model).__name__
+    if name in UNSUPPORTED:  # by exact class: subclasses that a family does handle still pass
+        raise TypeError(f"adaptformer cannot adapt {name}: {UNSUPPORTED[name]}")
     tried: list[str] = []
     for family in FAMILIES:
         blocks = family.blocks(model)
@@ -69,9 +78,6 @@ def family_of(model: nn.Module) -> BlockFamily:
             f"block {i} is a {type(b).__module__}.{type(b).__name__}, not one of the "
             f"{family.name} family's {', '.join(t.__name__ for t in family.block_types)}"
         )
-    name = type(model).__name__
-    if name in UNSUPPORTED:
-        raise TypeError(f"adaptformer cannot adapt {name}: {UNSUPPORTED[name]}")
     supported = ", ".join(f.name for f in FAMILIES)
     why = tried[0] if tried else f"{name} has no transformer blocks adaptformer knows"
     raise TypeError(
