@@ -56,7 +56,7 @@ DECIDING = ("adaptformer-64", "full")  # the paper's comparison, also in the con
 # The methods the table reports over two seeds: the paper's comparison, and the adapters the
 # family's "which adapter wins" statement compares with AdaptFormer-64 (two seeds of one method
 # differ by up to 27 points on a dsprites task, more than the gaps between methods).
-TWO_SEEDS = (*DECIDING, "adapter_plus-8", "houlsby-8", "pfeiffer-48")
+TWO_SEEDS = (*DECIDING, "lora-8", "adapter_plus-8", "houlsby-8", "pfeiffer-48")
 SEEDS = (0, 1)  # their seeds, in the table and in the convergence check
 # The learning-rate sweep behind the defaults: the protocol's tuning phase (train800 -> val200)
 # on one natural-image and one structured task, every method kind. The grid is multiples of a
@@ -119,12 +119,26 @@ def vtab_command(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds,
     ]  # fmt: skip
 
 
-def table_units(data: Path, out: Path, checkpoint: Path, methods) -> list[list[str]]:
+def table_units(data: Path, out: Path, checkpoint: Path, methods,
+                seeds: tuple[int, ...] = SEEDS) -> list[list[str]]:  # fmt: skip
     """The table's runs, one (task, method, seed) each: every seed-0 run before any seed-1 run,
     so that a table cut short still has a complete first seed."""
     return [vtab_command(data, out, checkpoint, [t], [m], (s,), (1.0,))
             for s in SEEDS for m in methods for t in TASKS
-            if s == 0 or m in TWO_SEEDS]  # fmt: skip
+            if s in seeds and (s == 0 or m in TWO_SEEDS)]  # fmt: skip
+
+
+def merge_table_rows(
+    previous: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The committed rows with those of the (method, seed) pairs measured now replaced, in the
+    table's order (methods as in METHODS, seed 0 first): a part of the table (``--methods``,
+    ``--seeds``) is run again without rerunning, or losing, the rest."""
+    fresh = {(r["method"], r["seed"]) for r in rows}
+    merged = [r for r in previous if (r["method"], r["seed"]) not in fresh] + rows
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(merged, key=lambda r: (r["seed"], order.get(r["method"], len(order)),
+                                         TASKS.index(r["task"]) if r["task"] in TASKS else 0))  # fmt: skip
 
 
 def collect(data: Path, out: Path, checkpoint: Path, tasks, methods, seeds, grid,
@@ -260,7 +274,7 @@ def plan(methods=METHODS) -> dict[str, float]:
             "precision": fp32,
         }.items()
     }
-    # The budget (5 hours) is the headline's: the table and its checks. The sweep ran once to
+    # The budget (about 5 hours) is the headline's: the table and its checks. The sweep ran once to
     # choose the defaults and is not needed to reproduce the table.
     headline = sum(v for k, v in hours.items() if k != "defaults")
     return {**hours, "headline": headline, "total": sum(hours.values())}
@@ -463,6 +477,9 @@ def main() -> None:
     )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="run and report only these methods (default: all)")  # fmt: skip
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), choices=SEEDS,
+                    help="table: run and report only these seeds; the committed rows of the "
+                    "others stay (e.g. --methods lora-8 --seeds 1 adds one method's second seed)")  # fmt: skip
     ap.add_argument("--plan", action="store_true", help="print the estimated time and stop")
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
@@ -481,7 +498,7 @@ def main() -> None:
                                tune_only=True, blr=SWEEP_BASE_BLR[_kind(m)])
                   for m in sweep_methods for t in SWEEP_TASKS]  # fmt: skip
     if "table" in args.sections:
-        units += table_units(data, w / "runs", ck, methods)
+        units += table_units(data, w / "runs", ck, methods, tuple(args.seeds))
     if "convergence" in args.sections:
         units += [vtab_command(data, w / "convergence", ck, [CONVERGENCE_TASK], [m], SEEDS,
                                (1.0,), epochs=2 * EPOCHS) for m in DECIDING]  # fmt: skip
@@ -498,8 +515,12 @@ def main() -> None:
     # --report runs nothing: the date and machine stay those of the runs it reports
     here = previous["machine"] if args.report and "machine" in previous else machine()
     result: dict[str, Any] = {"machine": here, "common": COMMON, "lr_grid": LR_GRID}
+    if tuple(args.seeds) != SEEDS:
+        command += f" --seeds {' '.join(map(str, args.seeds))}"
     if "table" in args.sections:  # the header's command is the one that made the table
         result["command"] = command + " --update-docs"
+        if (methods != list(METHODS) or tuple(args.seeds) != SEEDS) and "command" in previous:
+            result["command"] = f"{previous['command']}, then {result['command']}"  # a part again
     if "defaults" in args.sections:
         result["sweep"] = sweep_so_far(data, w / "sweep", ck, sweep_methods)
         result["sweep_runs"] = sum(len(r["val200_top1"]) for r in result["sweep"])
@@ -509,11 +530,15 @@ def main() -> None:
                              f"({result['sweep_runs']} of {result['sweep_planned']} runs); rerun "
                              "without --report, or report it so far with --partial")  # fmt: skip
     if "table" in args.sections:
-        rows = collect(data, w / "runs", ck, TASKS, methods, (0,), (1.0,))
+        rows = (
+            collect(data, w / "runs", ck, TASKS, methods, (0,), (1.0,)) if 0 in args.seeds else []
+        )
         twice = [m for m in TWO_SEEDS if m in methods]
-        if twice:
-            rows += collect(data, w / "runs", ck, TASKS, twice, SEEDS[1:], (1.0,))
-        result["rows"] = rows
+        if twice and any(s in args.seeds for s in SEEDS[1:]):
+            rows += collect(data, w / "runs", ck, TASKS, twice,
+                            tuple(s for s in SEEDS[1:] if s in args.seeds), (1.0,))  # fmt: skip
+        partial = methods != list(METHODS) or tuple(args.seeds) != SEEDS
+        result["rows"] = merge_table_rows(previous.get("rows", []), rows) if partial else rows
     if "convergence" in args.sections:
         result["convergence"] = collect(data, w / "convergence", ck, [CONVERGENCE_TASK],
                                         DECIDING, SEEDS, (1.0,), epochs=2 * EPOCHS)  # fmt: skip
