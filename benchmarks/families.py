@@ -435,13 +435,14 @@ def main(argv: list[str] | None = None) -> None:
                 rows = [r for c in cases for r in matrix_rows(c, work)]
             else:
                 rows = [r for c in cases for r in speed_rows(c, work, args.repeats, args.batch)]
-            old = (
-                result.get(section, {}).get("rows", [])
-                if isinstance(result.get(section), dict)
-                else []
-            )
+            before = result.get(section) if isinstance(result.get(section), dict) else {}
+            merged = merge_rows(before.get("rows", []), rows)
             meta["seconds"] = round(time.time() - started)
-            result[section] = {**meta, "rows": merge_rows(old, rows)}
+            if len(merged) > len(rows):  # families kept from before keep their provenance
+                meta["others"] = before.get("others") or {
+                    k: before[k] for k in ("command", "date") if k in before
+                }
+            result[section] = {**meta, "rows": merged}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     md = report(result)
@@ -462,7 +463,15 @@ def _measured(meta: dict[str, Any]) -> str:
     return (f"`{meta['command']}`: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch "
             f"{m.get('torch', '?')}; {meta['date']}"
             + (f", {meta['seconds']} s" if meta.get("seconds") is not None else "")
-            + f"{load_text}.")  # fmt: skip
+            + f"{load_text}." + _others(meta))  # fmt: skip
+
+
+def _others(meta: dict[str, Any]) -> str:
+    """Where the rows of families not measured by this section's command came from."""
+    others = meta.get("others")
+    if not others:
+        return ""
+    return f" Other families: `{others.get('command', '?')}`, {others.get('date', '?')}."
 
 
 def report(result: dict[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import load_script
@@ -56,4 +58,29 @@ def test_the_readme_summary_has_one_row_per_method_and_one_column_per_family():
 def test_a_family_measured_again_replaces_only_its_rows():
     old = [{"family": "vit", "v": 1}, {"family": "swin", "v": 1}, {"family": "eva", "v": 1}]
     rows = families.merge_rows(old, [{"family": "swin", "v": 2}])
-    assert rows == [{"family": "vit", "v": 1}, {"family": "eva", "v": 1}, {"family": "swin", "v": 2}]
+    assert rows == [
+        {"family": "vit", "v": 1},
+        {"family": "eva", "v": 1},
+        {"family": "swin", "v": 2},
+    ]
+
+
+def test_remeasuring_one_family_keeps_the_others_and_says_where_they_came_from(
+    tmp_path, monkeypatch
+):
+    yes = dict.fromkeys(families.FEATURES, "yes")
+    monkeypatch.setattr(families, "matrix_rows",
+                        lambda case, work: [{"family": case.family, "method": "lora", **yes}])  # fmt: skip
+    monkeypatch.setattr(families, "machine_info", lambda: {"cpu": "cpu", "cores": 2})
+    families.main(["--sections", "matrix", "--families", "vit", "swin", "--out", str(tmp_path)])
+    families.main(["--sections", "matrix", "--families", "swin", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "families.json").read_text())
+    assert [r["family"] for r in result["matrix"]["rows"]] == ["vit", "swin"]
+    assert result["matrix"]["command"].endswith("--families swin --out " + str(tmp_path))
+    assert result["matrix"]["others"]["command"].endswith(
+        "--families vit swin --out " + str(tmp_path)
+    )
+    assert (
+        "Other families: `python benchmarks/families.py --sections matrix --families vit swin"
+        in (tmp_path / "families.md").read_text()
+    )
