@@ -159,17 +159,21 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str], int]]:
     core = [m for m in CORE if m in args.methods]
     order = [(m, first) for m in core] + [(m, s) for s in others for m in core]
     order += [(m, s) for m in args.methods if m not in core for s in args.seeds]
-    runs = []
+    runs: list[tuple[str, str, list[str], int]] = []
+    later: list[tuple[str, str, list[str], int]] = []
     for label, seed in order:
         if label != TUNED_FULL:
             runs.append((label, *METHODS[label], seed))
-        elif seed == first:
-            runs += [(f"grid {folder}", folder, flags, seed) for folder, flags in points]
+        elif seed == first:  # the likeliest point now, the others once every core row has one seed
+            runs.append((f"grid {points[0][0]}", *points[0], seed))
+            later = [(f"grid {folder}", folder, flags, seed) for folder, flags in points[1:]]
         else:
+            runs += later  # the rest of the grid, before the tuned row's other seeds
+            later = []
             best = chosen_grid_point({f: read_summary(args, f, first) for f, _ in points})
             if best is not None:
                 runs.append((label, best, dict(points)[best], seed))
-    return runs
+    return runs + later
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
