@@ -5,8 +5,6 @@ benchmarks/multitask.py instead)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,17 +13,7 @@ from adaptformer.cli import build_parser
 from adaptformer.training import runner
 from adaptformer.training.config import TrainConfig
 
-from ..runs import make_checkpoint, make_image_folder
-
 pytest.importorskip("torch._dynamo")
-
-
-@pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ckpt")
-    make_image_folder(root / "data")
-    make_checkpoint(root / "vit.safetensors")
-    return root
 
 
 def test_compile_flag_trains_through_a_compiled_model(tiny_task, monkeypatch):

@@ -9,9 +9,6 @@ what ``tests/min_versions.sh`` runs at that floor.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,7 +18,6 @@ from adaptformer.training.config import TrainConfig
 from adaptformer.training.runner import fit
 
 from ..helpers import randomize_, tiny_vit
-from ..runs import make_checkpoint, make_image_folder
 
 X = torch.randn(4, 3, 32, 32)
 Y = torch.tensor([0, 1, 2, 3])
@@ -47,14 +43,6 @@ def test_set_grad_checkpointing_keeps_every_adapter_gradient():
         assert grad is not None, f"{name} got no gradient under gradient checkpointing"
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7)
-
-
-@pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ckpt")
-    make_image_folder(root / "data")
-    make_checkpoint(root / "vit.safetensors")
-    return root
 
 
 def test_grad_checkpointing_training_trains_the_adapters(tiny_task):

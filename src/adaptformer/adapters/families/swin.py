@@ -39,6 +39,7 @@ reads (in V1 that is ``norm2``'s input). ``sequential`` reads the MLP branch aft
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from timm.models.swin_transformer import SwinTransformerBlock
@@ -129,16 +130,13 @@ SWIN = BlockFamily(
     ),
 )
 
-SWINV2 = BlockFamily(
+# Swin's spec with V2's blocks: post-norm branches, and qkv biases that bypass the module.
+SWINV2 = replace(
+    SWIN,
     name="swinv2",
     block_types=(SwinTransformerV2Block,),
-    blocks=swin_blocks,
     attn_branch=_attn_v2,
     mlp_branch=_mlp_v2,
-    width=_width,
-    prompts=NO_PROMPTS,
-    head="head.fc",
-    mask_kwarg=None,
     prepare_lora=_qkv_through_module,
     note=(
         "post-norm (x + norm1(attn(x))): the parallel adapter reads the stream after the "
