@@ -113,3 +113,24 @@ def test_a_partial_table_lists_every_row_and_says_it_is_partial(script, tmp_path
     text = script.report(results, args, meta)  # fmt: skip
     assert text.startswith("**Partial table: 1 of 20 runs finished**")
     assert "| AdaptFormer-64 | 598,276 | 2.75% | 99.0 (1 seed) | 98.0 (1 seed) | 98.0 / - |" in text
+
+
+def test_the_8_direction_variant_keeps_its_runs_outputs_and_section_apart(
+    script, tmp_path, monkeypatch, capsys
+):
+    assert script.main(["--print-commands", "--directions", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("adaptformer make-motion-data --out runs/video-methods-8dir/data")
+    assert lines[0].endswith("--directions 8")
+    assert all("--out runs/video-methods-8dir/seed" in line for line in lines[1:])
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    docs = tmp_path / "docs" / "video.md"
+    docs.parent.mkdir()
+    docs.write_text("<!-- video-methods:begin -->\nfour\n<!-- video-methods:end -->\n"
+                    "<!-- video-methods-8dir:begin -->\n<!-- video-methods-8dir:end -->\n")  # fmt: skip
+    assert script.main(["--report-only", "--update-docs", "--directions", "8"]) == 0
+    text = docs.read_text()
+    assert "\nfour\n" in text  # the 4-direction table is untouched
+    assert "8 directions, chance 12.5%" in text.split("video-methods-8dir:begin")[1]
+    assert (tmp_path / "benchmarks/results/video_methods_8dir.json").is_file()
+    assert not (tmp_path / "benchmarks/results/video_methods.json").exists()
