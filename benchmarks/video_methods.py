@@ -307,7 +307,9 @@ def write_outputs(args: argparse.Namespace, started: float) -> str:
     markdown = report(results, args, meta)
     (out / f"{name}.md").write_text(markdown)
     if args.update_docs:
-        update_docs(markdown, ROOT / "docs" / "video.md", "video-methods" + variant(args.directions))
+        update_docs(
+            markdown, ROOT / "docs" / "video.md", "video-methods" + variant(args.directions)
+        )
     return markdown
 
 
