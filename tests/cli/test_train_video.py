@@ -72,3 +72,22 @@ def test_corrupt_video_is_counted_or_refused_with_strict_data(clips, tmp_path):
     r = run_cli(*common, "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["data"]["skipped"] == 1
+
+
+def test_full_fine_tuning_whose_time_embed_cannot_grow_is_warned_about(clips, tmp_path):
+    lists, videos = clips
+    ckpt = make_checkpoint(tmp_path / "vit.safetensors")
+    common = (
+        "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
+        "--dataset", "video-list", "--data-root", str(lists), "--video-root", str(videos),
+        "--img-size", "32", "--num-frames", "4", "--sampling-rate", "2", "--batch-size", "2",
+        "--epochs", "4", "--method", "full", "--optimizer", "adamw", "--workers", "0",
+        "--output", str(tmp_path / "run"), "--dry-run",
+    )  # fmt: skip
+    r = run_cli(*common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "WARNING" in r.stderr and "time_embed starts at zero" in r.stderr
+    assert "--new-params-lr-scale" in r.stderr
+    r = run_cli(*common, "--new-params-lr-scale", "100000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "time_embed starts at zero" not in r.stderr

@@ -13,6 +13,7 @@ from adaptformer.backbones.video import VideoVisionTransformer
 from adaptformer.training import runner
 from adaptformer.training.config import TrainConfig
 from adaptformer.training.engine import Schedule, train_one_epoch
+from adaptformer.training.param_groups import fresh_reach_warning
 from adaptformer.training.runner import make_optimizer
 
 from ..helpers import tiny_vit
@@ -179,3 +180,35 @@ def test_flags_round_trip_through_config_and_resume(tmp_path, monkeypatch, caplo
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("schedule"))
     assert "layer decay 0.75 (embeddings x0.0238, block 0 x0.0317" in line
     assert "new parameters (head.weight, head.bias) x8" in line
+
+
+def _video_model(method: str) -> VideoVisionTransformer:
+    model = VideoVisionTransformer(img_size=32, patch_size=8, num_frames=4, embed_dim=48, depth=2,
+                                   num_heads=4, temporal_embed=True)  # fmt: skip
+    model.fresh_parameter_names = ("time_embed",)
+    inject(model, AdapterConfig(method=method), name="t", num_classes=3)
+    mark_trainable(model, method)
+    return model
+
+
+def test_a_zero_time_embed_the_schedule_cannot_move_is_warned_about():
+    # docs/video.md's full fine-tuning at its defaults: peak 2.5e-5, 30 warm-up steps of 300
+    schedule = Schedule(2.5e-5, 0.0, 0.4, 4)
+    model = _video_model("full")
+    warning = fresh_reach_warning(model, "adamw", 1.0, schedule, 75, 4)
+    assert warning is not None and warning.startswith("time_embed starts at zero")
+    assert "0.0037 over this whole run at x1" in warning and "--new-params-lr-scale" in warning
+    # what learned there: x10 and above; SGD has no such bound
+    assert fresh_reach_warning(model, "adamw", 10.0, schedule, 75, 4) is None
+    assert fresh_reach_warning(model, "sgd", 1.0, schedule, 75, 4) is None
+    with torch.no_grad():  # a resumed run's time_embed has moved: nothing to warn about
+        model.time_embed.add_(0.1)
+    assert fresh_reach_warning(model, "adamw", 1.0, schedule, 75, 4) is None
+    # image models have no fresh tensor; adapters' own learning rate moves time_embed
+    image = tiny_vit(depth=2)
+    inject(image, AdapterConfig(method="full"), name="t", num_classes=3)
+    mark_trainable(image, "full")
+    assert fresh_reach_warning(image, "adamw", 1.0, schedule, 75, 4) is None
+    adapted = _video_model("adaptformer")
+    adapter_lr = Schedule(3e-3, 0.0, 0.4, 4)
+    assert fresh_reach_warning(adapted, "adamw", 1.0, adapter_lr, 75, 4) is None

@@ -25,6 +25,7 @@ full rate (final norms). Weight decay stays on matrices only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -39,6 +40,45 @@ def new_parameter_names(model: nn.Module) -> list[str]:
     ids = {id(p) for p in active_head(model).parameters()}
     ids |= {id(p) for p in fresh_parameters(model).values()}
     return [k for k, p in model.named_parameters() if id(p) in ids]
+
+
+# How far AdamW must be able to move a zero-initialised fresh tensor for it to be learnt. AdamW
+# moves an entry by at most about its learning rate per step, so a run's reach is the sum of the
+# tensor's learning rates over its steps. On docs/video.md's motion benchmark, full fine-tuning
+# whose time_embed could reach 0.004 (one lr for the whole model) stayed at chance on both
+# seeds, with its largest entry at 0.0007; with x10 (reach 0.04) it learned frame order, its
+# largest entry 0.029. The line sits between the two.
+MIN_FRESH_REACH = 0.01
+
+
+def fresh_reach_warning(
+    model: nn.Module,
+    optimizer: str,
+    new_scale: float,
+    lr_at: Callable[[float], float],
+    steps_per_epoch: int,
+    epochs: int,
+) -> str | None:
+    """A warning when a trainable zero-initialised fresh tensor (an inflated video model's
+    ``time_embed``) cannot move far enough under AdamW over the whole run to be learnt;
+    ``lr_at(epoch)`` is the schedule. None when it can, or with SGD (no such bound)."""
+    if optimizer != "adamw":
+        return None
+    fresh = fresh_parameters(unwrap(model))
+    zero = [k for k, p in fresh.items() if p.requires_grad and not p.any()]
+    if not zero:
+        return None
+    total = steps_per_epoch * epochs
+    reach = new_scale * sum(lr_at(step / steps_per_epoch) for step in range(total))
+    if reach >= MIN_FRESH_REACH:
+        return None
+    return (
+        f"{', '.join(zero)} starts at zero and AdamW moves an entry by at most about its "
+        f"learning rate per step: {reach:.2g} over this whole run at x{new_scale:g}, below the "
+        f"{MIN_FRESH_REACH:g} it needs to be learnt (full fine-tuning stayed at chance that way "
+        "in docs/video.md); raise it with --new-params-lr-scale (video recipes: --layer-decay "
+        "0.75 --new-params-lr-scale 100)"
+    )
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:

@@ -39,7 +39,7 @@ from .eta import EtaLoader
 from .first_try import log_filled, resolve_epochs, resolve_for_device
 from .interrupt import DeferredInterrupt
 from .modality import Modality, data_stats, modality_of
-from .param_groups import describe_lr_scales, param_groups
+from .param_groups import describe_lr_scales, fresh_reach_warning, param_groups
 from .plots import plot_learning_curve
 from .run_folder import (
     CHECKPOINT,
@@ -179,7 +179,7 @@ def _fit(
     if dry_run:  # the plan, checked as far as it can be without writing or training
         world_batch, schedule = plan_schedule(cfg, info)
         steps = loader_steps(cfg, sampler) // cfg.accum_steps
-        _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps, model))
+        _log_schedule(cfg, schedule, world_batch, steps, model)
         _log.info("dry run: nothing written; %s would hold the run", out)
         return {}
 
@@ -221,7 +221,7 @@ def _train(
     _write_metrics(run, history)
     steps = loader_steps(cfg, sampler)
     steps_per_epoch = steps // cfg.accum_steps
-    _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps_per_epoch, model))
+    _log_schedule(cfg, schedule, world_batch, steps_per_epoch, model)
 
     trackers = Trackers(cfg.log_to if info.is_main else [], run.out, cfg.to_dict())
     # One process: the first Ctrl-C stops before the next step (torchrun handles DDP's).
@@ -297,6 +297,17 @@ def loader_steps(cfg: TrainConfig, sampler: GlobalBatchSampler) -> int:
     if cfg.max_steps_per_epoch is None:
         return len(sampler)
     return min(len(sampler), cfg.max_steps_per_epoch * cfg.accum_steps)
+
+
+def _log_schedule(
+    cfg: TrainConfig, schedule: Schedule, world_batch: int, steps_per_epoch: int, model: nn.Module
+) -> None:
+    """The schedule line, and the warning of a fresh tensor the schedule cannot move."""
+    _log.info("%s", describe_schedule(cfg, schedule, world_batch, steps_per_epoch, model))
+    warning = fresh_reach_warning(model, cfg.optimizer, cfg.new_params_lr_scale, schedule,
+                                  steps_per_epoch, cfg.epochs)  # fmt: skip
+    if warning:
+        _log.warning("%s", warning)
 
 
 def describe_schedule(
