@@ -130,7 +130,20 @@ def read_summary(args: argparse.Namespace, folder: str, seed: int) -> dict[str, 
     summary = json.loads((out / "summary.json").read_text())
     wall = out / "wall_seconds.txt"
     summary["wall_seconds"] = float(wall.read_text()) if wall.is_file() else None
+    summary["time_embed_max"] = time_embed_max(out / "adapter_model.safetensors")
     return summary
+
+
+def time_embed_max(task_file: Path) -> float | None:
+    """The largest entry of the kept ``time_embed`` (it starts at zero): how far the run moved
+    the only tensor that tells the inflated model's time steps apart."""
+    if not task_file.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(task_file), "pt") as f:
+        keys = [k for k in f.keys() if k.endswith("time_embed")]  # noqa: SIM118 (no __iter__)
+        return float(f.get_tensor(keys[0]).abs().max()) if keys else None
 
 
 def train(folder: str, flags: list[str], seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -215,16 +228,26 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.1f} ± {(max(values) - min(values)) / 2:.1f}"
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def _per_seed(
+    by_seed: dict[int, dict[str, Any]], seeds: tuple[int, ...], key: str, spec: str
+) -> str:
+    return " / ".join(_fmt(by_seed[k].get(key), spec) if k in by_seed else "-" for k in seeds)
+
+
 def table(rows: dict[str, dict[int, dict[str, Any]]], seeds: tuple[int, ...]) -> str:
     """Mean test top-1 ± half the range over seeds, each seed's value, and the size."""
     lines = [
         "| method | trainable params | % of backbone | val top-1 | test top-1 | test per seed "
-        f"({', '.join(str(s) for s in seeds)}) | task file |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"({', '.join(str(s) for s in seeds)}) | max abs time_embed | task file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, by_seed in rows.items():
         if not by_seed:
-            lines.append(f"| {label} | | | not run yet | | | |")
+            lines.append(f"| {label} | | | not run yet | | | | |")
             continue
         s = next(iter(by_seed.values()))
         per_seed = " / ".join(
@@ -234,21 +257,22 @@ def table(rows: dict[str, dict[int, dict[str, Any]]], seeds: tuple[int, ...]) ->
             f"| {label} | {s['trainable_params']:,} | {s['trainable_percent']:.2f}% | "
             f"{_spread([v['val_top1'] for v in by_seed.values()])} | "
             f"{_spread([v['test_top1'] for v in by_seed.values()])} | {per_seed} | "
+            f"{_per_seed(by_seed, seeds, 'time_embed_max', '{:.2g}')} | "
             f"{s['artifact_bytes'] / 2**20:.2f} MiB |"
         )
     return "\n".join(lines)
 
 
 def grid_table(grid: dict[str, dict[str, Any] | None], chosen: str | None) -> str:
-    lines = ["| run (seed 0) | val top-1 | val loss | test top-1 (not used to choose) |",
-             "|---|---:|---:|---:|"]  # fmt: skip
+    lines = ["| run (seed 0) | val top-1 | val loss | test top-1 (not used to choose) "
+             "| max abs time_embed |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for folder, s in grid.items():
         mark = " (chosen)" if folder == chosen else ""
         if s is None:
-            lines.append(f"| {folder} | not run yet | | |")
+            lines.append(f"| {folder} | not run yet | | | |")
         else:
             lines.append(f"| {folder}{mark} | {s['val_top1']:.1f} | {s['val_loss']:.3f} | "
-                         f"{s['test_top1']:.1f} |")  # fmt: skip
+                         f"{s['test_top1']:.1f} | {_fmt(s.get('time_embed_max'), '{:.2g}')} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -58,13 +58,26 @@ def test_the_grid_is_chosen_on_validation_with_the_loss_breaking_ties(script):
 
 
 def test_table_reports_mean_spread_and_each_seed(script):
-    rows = {"AdaptFormer-64": {0: _summary(95.0, 0.1, 96.33), 1: _summary(97.0, 0.1, 98.33)},
+    rows = {"AdaptFormer-64": {0: _summary(95.0, 0.1, 96.33) | {"time_embed_max": 0.1329},
+                               1: _summary(97.0, 0.1, 98.33) | {"time_embed_max": 0.00041}},
             "LoRA-8": {0: _summary(90.0, 0.1, 91.0)}, "Houlsby (r 8)": {}}  # fmt: skip
     table = script.table(rows, (0, 1))
     assert ("| AdaptFormer-64 | 598,276 | 2.75% | 96.0 ± 1.0 | 97.3 ± 1.0 | 96.3 / 98.3 | "
-            "2.29 MiB |") in table  # fmt: skip
-    assert "| LoRA-8 | 598,276 | 2.75% | 90.0 (1 seed) | 91.0 (1 seed) | 91.0 / - |" in table
+            "0.13 / 0.00041 | 2.29 MiB |") in table  # fmt: skip
+    assert "| LoRA-8 | 598,276 | 2.75% | 90.0 (1 seed) | 91.0 (1 seed) | 91.0 / - | - / - |" in table
     assert "| Houlsby (r 8) | | | not run yet |" in table
+
+
+def test_time_embed_max_reads_the_kept_task_file(script, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    task = tmp_path / "adapter_model.safetensors"
+    assert script.time_embed_max(task) is None  # no task file (yet)
+    save_file({"head.weight": torch.ones(2, 2)}, task)
+    assert script.time_embed_max(task) is None  # no time_embed: an image model
+    save_file({"backbone.time_embed": torch.tensor([[0.1, -0.5], [0.0, 0.2]])}, task)
+    assert script.time_embed_max(task) == 0.5
 
 
 def test_a_started_run_is_resumed_and_a_finished_one_skipped(script, tmp_path, monkeypatch):
