@@ -325,8 +325,11 @@ def render(result: dict[str, Any], images: Path) -> str:
     rows = result.get("rows", [])
     days = sorted({r["finished"] for r in rows if r.get("finished")})
     when = f"runs finished {days[0]} to {days[-1]}" if len(days) > 1 else (days or [m["date"]])[0]
+    # a table completed in parts names every part's command, each one a code span
+    command = result.get("command", "python benchmarks/vtab_lite.py --update-docs")
+    commands = ", then ".join(f"`{c}`" for c in command.split(", then "))
     lines = [
-        f"Command: `{result.get('command', 'python benchmarks/vtab_lite.py --update-docs')}` "
+        f"Command: {commands} "
         f"({when}, {m['cpu']}, "
         f"{m['cores']} cores, torch {m['torch']}, two processes of one thread each). Shared "
         f"DINOv2 ViT-S/14, {c['img_size']} px ({c['img_size'] // 14}x{c['img_size'] // 14} "
@@ -507,9 +510,11 @@ def main() -> None:
                                   (0,), (1.0,), precision="fp32"))  # fmt: skip
     if not args.report:
         run_queue(units, w / "logs")
-    command = "python benchmarks/vtab_lite.py" + (
-        f" --methods {' '.join(methods)}" if methods != list(METHODS) else ""
-    )
+    command = "python benchmarks/vtab_lite.py"
+    if list(args.sections) != list(SECTIONS):
+        command += f" --sections {' '.join(args.sections)}"
+    if methods != list(METHODS):
+        command += f" --methods {' '.join(methods)}"
     record = RESULTS / "vtab_lite.json"
     previous = json.loads(record.read_text()) if record.is_file() else {}
     # --report runs nothing: the date and machine stay those of the runs it reports

@@ -113,6 +113,9 @@ def test_render_writes_table_defaults_convergence_and_precision(tmp_path):
     for i, row in enumerate(rows):
         row["finished"] = f"2026-11-{28 + i % 2}"
     assert "(runs finished 2026-11-28 to 2026-11-29, cpu" in script.render(result, tmp_path)
+    result["command"] = "python a.py --update-docs, then python a.py --seeds 1 --update-docs"
+    assert ("Command: `python a.py --update-docs`, then `python a.py --seeds 1 --update-docs` "
+            "(runs finished") in script.render(result, tmp_path)  # fmt: skip
     default = script_default("adaptformer")
     assert (
         f"| adaptformer-64 | 0.004 | 75.0 / 75.0 | 80.0 / 80.0 | 79.0 / 79.0 | x1 | {default} |"
