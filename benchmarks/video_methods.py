@@ -250,9 +250,7 @@ def table(rows: dict[str, dict[int, dict[str, Any]]], seeds: tuple[int, ...]) ->
             lines.append(f"| {label} | | | not run yet | | | | |")
             continue
         s = next(iter(by_seed.values()))
-        per_seed = " / ".join(
-            f"{by_seed[k]['test_top1']:.1f}" if k in by_seed else "-" for k in seeds
-        )
+        per_seed = _per_seed(by_seed, seeds, "test_top1", "{:.1f}")
         lines.append(
             f"| {label} | {s['trainable_params']:,} | {s['trainable_percent']:.2f}% | "
             f"{_spread([v['val_top1'] for v in by_seed.values()])} | "

@@ -22,18 +22,24 @@ def clips(shared_dir, tmp_path):
     return root, videos
 
 
-@pytest.mark.slow
-def test_video_list_trains_and_evaluates_multiview(clips, tmp_path):
+def _train_argv(clips, ckpt, *options: str) -> tuple[str, ...]:
+    """``train`` of the tiny ViT (inflated) on the shared clips, plus ``options``."""
     lists, videos = clips
-    ckpt = make_checkpoint(tmp_path / "vit.safetensors")
-    out = tmp_path / "run"
-    r = run_cli(
+    return (
         "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
         "--dataset", "video-list", "--data-root", str(lists), "--video-root", str(videos),
-        "--img-size", "32", "--num-frames", "4", "--sampling-rate", "2", "--batch-size", "2",
-        "--epochs", "1", "--warmup-epochs", "0", "--workers", "0",
-        "--test-clips", "2", "--test-crops", "3", "--output", str(out),
+        "--img-size", "32", "--batch-size", "2", "--workers", "0", *options,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_video_list_trains_and_evaluates_multiview(clips, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "vit.safetensors")
+    out = tmp_path / "run"
+    r = run_cli(*_train_argv(
+        clips, ckpt, "--num-frames", "4", "--sampling-rate", "2", "--epochs", "1",
+        "--warmup-epochs", "0", "--test-clips", "2", "--test-crops", "3", "--output", str(out),
+    ))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "inflating image backbone" in r.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -51,17 +57,15 @@ def test_video_list_trains_and_evaluates_multiview(clips, tmp_path):
 
 
 def test_corrupt_video_is_counted_or_refused_with_strict_data(clips, tmp_path):
-    lists, videos = clips
+    lists, _ = clips
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
     with (lists / "train.csv").open("a") as f:
         f.write(f"{bad} 1\n")
     ckpt = make_checkpoint(tmp_path / "vit.safetensors")
-    common = (
-        "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
-        "--dataset", "video-list", "--data-root", str(lists), "--video-root", str(videos),
-        "--img-size", "32", "--num-frames", "2", "--sampling-rate", "1", "--batch-size", "2",
-        "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--max-steps-per-epoch", "1",
+    common = _train_argv(
+        clips, ckpt, "--num-frames", "2", "--sampling-rate", "1", "--epochs", "1",
+        "--warmup-epochs", "0", "--max-steps-per-epoch", "1",
     )  # fmt: skip
     out = tmp_path / "strict"
     r = run_cli(*common, "--strict-data", "--output", str(out))
@@ -75,14 +79,10 @@ def test_corrupt_video_is_counted_or_refused_with_strict_data(clips, tmp_path):
 
 
 def test_full_fine_tuning_whose_time_embed_cannot_grow_is_warned_about(clips, tmp_path):
-    lists, videos = clips
     ckpt = make_checkpoint(tmp_path / "vit.safetensors")
-    common = (
-        "train", "--model", "vit_tiny_patch16_224", "--checkpoint", str(ckpt),
-        "--dataset", "video-list", "--data-root", str(lists), "--video-root", str(videos),
-        "--img-size", "32", "--num-frames", "4", "--sampling-rate", "2", "--batch-size", "2",
-        "--epochs", "4", "--method", "full", "--optimizer", "adamw", "--workers", "0",
-        "--output", str(tmp_path / "run"), "--dry-run",
+    common = _train_argv(
+        clips, ckpt, "--num-frames", "4", "--sampling-rate", "2", "--epochs", "4",
+        "--method", "full", "--optimizer", "adamw", "--output", str(tmp_path / "run"), "--dry-run",
     )  # fmt: skip
     r = run_cli(*common)
     assert r.returncode == 0, r.stderr[-3000:]

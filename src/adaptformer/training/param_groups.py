@@ -65,7 +65,7 @@ def fresh_reach_warning(
     ``lr_at(epoch)`` is the schedule. None when it can, or with SGD (no such bound)."""
     if optimizer != "adamw":
         return None
-    fresh = fresh_parameters(unwrap(model))
+    fresh = fresh_parameters(model)  # unwraps DDP/compile itself
     zero = [k for k, p in fresh.items() if p.requires_grad and not p.any()]
     if not zero:
         return None
