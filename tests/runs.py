@@ -53,6 +53,20 @@ def train_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def cli_in_process(capsys, *argv: object) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one in-process command (no interpreter start-up). A
+    user error (exit 2) must be one ``adaptformer: error:`` line, never a traceback."""
+    from adaptformer.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    if code == 2:
+        assert out.err.strip().splitlines()[-1].startswith("adaptformer: error:"), out.err
+        assert "Traceback" not in out.err
+    return code, out.out, out.err
+
+
 def run_cli(*args: str, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(

@@ -2,7 +2,8 @@
 
 The per-family test modules (``test_eva.py``, ``test_beit.py``) hold what is specific to a
 family (its blocks written out by hand, its refusals); these are the family-independent checks:
-an update that starts at zero changes nothing, a task file loads under another name, mixed-task
+an update that starts at zero changes nothing, each adapted block equals the family's formula
+(and LoRA the block with merged weights), a task file loads under another name, mixed-task
 batches equal each task alone, exports match PyTorch, and each method trains what it should.
 """
 
@@ -105,6 +106,39 @@ def merge_lora(original_attn: nn.Module, model: nn.Module, name: str, index: int
                 start += proj.out_features
             assert start == delta.shape[0]
     return attn
+
+
+def assert_blocks_follow_formula(model: nn.Module, x: torch.Tensor, run: Callable,
+                                 written: Callable, position: str, scale: float) -> None:  # fmt: skip
+    """Every adapted block of ``model`` (task ``default``, values randomised) equals the family's
+    block written out by hand, ``written(block, x, adapter=, position=, first=)``, and the
+    adapter really adds something. ``run(block, x)`` calls a block with the family's extras
+    (RoPE, a shared relative-position bias)."""
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            adapter = adapter_fn(model, "default", f"blocks.{i}.adaptmlp", scale)
+            first = adapter_fn(model, "default", f"blocks.{i}.attn_adapter", scale) \
+                if position == "houlsby" else None  # fmt: skip
+            expected = written(block, x, adapter=adapter, position=position, first=first)
+            got = run(block, x)
+            with af.disable_adapters(model):
+                bare = run(block, x)
+            assert (got - bare).abs().max() > 1e-3  # the adapter really adds something
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def assert_lora_blocks_equal_merged(model: nn.Module, original: nn.Module, x: torch.Tensor,
+                                    run: Callable, written: Callable,
+                                    config: af.AdapterConfig) -> None:  # fmt: skip
+    """Every LoRA block of ``model`` equals the unadapted block ``original.blocks[i]`` written
+    out with its attention's weights merged, ``written(block, x, attn=merged)``."""
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            attn = merge_lora(original.blocks[i].attn, model, "default", i, config)
+            expected = written(original.blocks[i], x, attn=attn)
+            got = run(block, x)
+            assert (got - run(original.blocks[i], x)).abs().max() > 1e-3
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def assert_save_load_under_another_name(

@@ -20,14 +20,14 @@ from adaptformer.adapters.inject import AdaptedBlock
 from .family_checks import (
     MIXED,
     ZERO_INIT,
-    adapter_fn,
     add_tasks,
+    assert_blocks_follow_formula,
     assert_exports,
     assert_identity_at_init,
+    assert_lora_blocks_equal_merged,
     assert_mixed_batches_match,
     assert_save_load_under_another_name,
     assert_trainable_count,
-    merge_lora,
     randomize_task,
 )
 
@@ -155,18 +155,10 @@ def test_adapted_block_equals_the_hand_written_formula(kind, position):
     af.inject(model, af.AdapterConfig(bottleneck=8, scale=0.3, position=position, dropout=0.0))
     randomize_task(model, "default")
     x, shared = _tokens(model)
-    with torch.no_grad():
-        for i, block in enumerate(model.blocks):
-            adapter = adapter_fn(model, "default", f"blocks.{i}.adaptmlp", 0.3)
-            first = adapter_fn(model, "default", f"blocks.{i}.attn_adapter", 0.3) \
-                if position == "houlsby" else None  # fmt: skip
-            expected = beit_block(block, x, shared, adapter=adapter, position=position,
-                                  first=first)  # fmt: skip
-            got = block(x, shared_rel_pos_bias=shared)
-            with af.disable_adapters(model):
-                bare = block(x, shared_rel_pos_bias=shared)
-            assert (got - bare).abs().max() > 1e-3  # the adapter really adds something
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_blocks_follow_formula(
+        model, x, lambda block, x: block(x, shared_rel_pos_bias=shared),
+        lambda block, x, **kw: beit_block(block, x, shared, **kw), position, 0.3,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))
@@ -179,13 +171,10 @@ def test_lora_block_equals_the_block_with_merged_weights(kind):
     af.inject(model, config)
     randomize_task(model, "default")
     x, shared = _tokens(model)
-    with torch.no_grad():
-        for i, block in enumerate(model.blocks):
-            attn = merge_lora(original.blocks[i].attn, model, "default", i, config)
-            expected = beit_block(original.blocks[i], x, shared, attn=attn)
-            got = block(x, shared_rel_pos_bias=shared)
-            assert (got - original.blocks[i](x, shared_rel_pos_bias=shared)).abs().max() > 1e-3
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_lora_blocks_equal_merged(
+        model, original, x, lambda block, x: block(x, shared_rel_pos_bias=shared),
+        lambda block, x, **kw: beit_block(block, x, shared, **kw), config,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

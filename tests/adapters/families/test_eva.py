@@ -18,15 +18,15 @@ from adaptformer.adapters.families.eva import EVA, call_qkv_module
 from .family_checks import (
     MIXED,
     ZERO_INIT,
-    adapter_fn,
     add_tasks,
+    assert_blocks_follow_formula,
     assert_exports,
     assert_identity_at_init,
+    assert_lora_blocks_equal_merged,
     assert_mixed_batches_match,
     assert_prompts_matter_and_switch_off,
     assert_save_load_under_another_name,
     assert_trainable_count,
-    merge_lora,
     randomize_task,
 )
 
@@ -167,17 +167,10 @@ def test_adapted_block_equals_the_hand_written_formula(kind, position):
     af.inject(model, af.AdapterConfig(bottleneck=8, scale=0.3, position=position, dropout=0.0))
     randomize_task(model, "default")
     x, rope = _tokens(model)
-    with torch.no_grad():
-        for i, block in enumerate(model.blocks):
-            adapter = adapter_fn(model, "default", f"blocks.{i}.adaptmlp", 0.3)
-            first = adapter_fn(model, "default", f"blocks.{i}.attn_adapter", 0.3) \
-                if position == "houlsby" else None  # fmt: skip
-            expected = eva_block(block, x, rope, adapter=adapter, position=position, first=first)
-            got = block(x, rope=rope)
-            with af.disable_adapters(model):
-                bare = block(x, rope=rope)
-            assert (got - bare).abs().max() > 1e-3  # the adapter really adds something
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_blocks_follow_formula(
+        model, x, lambda block, x: block(x, rope=rope),
+        lambda block, x, **kw: eva_block(block, x, rope, **kw), position, 0.3,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))
@@ -190,13 +183,10 @@ def test_lora_block_equals_the_block_with_merged_weights(kind):
     af.inject(model, config)
     randomize_task(model, "default")
     x, rope = _tokens(model)
-    with torch.no_grad():
-        for i, block in enumerate(model.blocks):
-            attn = merge_lora(original.blocks[i].attn, model, "default", i, config)
-            expected = eva_block(original.blocks[i], x, rope, attn=attn)
-            got = block(x, rope=rope)
-            assert (got - original.blocks[i](x, rope=rope)).abs().max() > 1e-3
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_lora_blocks_equal_merged(
+        model, original, x, lambda block, x: block(x, rope=rope),
+        lambda block, x, **kw: eva_block(block, x, rope, **kw), config,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ROPE)
