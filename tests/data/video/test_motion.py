@@ -42,6 +42,29 @@ def test_every_label_shows_the_same_set_of_frames(directions: int, frames: int) 
             assert frame_set == reference
 
 
+def tubelet_pairs(order: np.ndarray, tubelet: int = 2) -> frozenset:
+    """What a model blind to time sees once tubelets average frames: the set of frame groups."""
+    groups = (order[i : i + tubelet].tolist() for i in range(0, len(order), tubelet))
+    return frozenset(frozenset(g) for g in groups)
+
+
+def test_what_tubelets_of_two_leave_an_order_blind_model() -> None:
+    """Averaging frames in pairs (the benchmark's tubelet 2) keeps which frames share a tubelet.
+    With 4 directions and 8 frames that shows only the turn (clockwise or not), which is
+    independent of the label: chance, 25%. With 8 directions and 8 frames it shows the heading's
+    parity: an order-blind model can reach 25% (one of 4), twice chance (12.5%); docs/video.md
+    reads the default full fine-tuning's 8-direction row with this ceiling."""
+    for heading in range(4):
+        assert {tubelet_pairs(path_order(8, 4, heading, cw)) for cw in (True, False)} == {
+            tubelet_pairs(path_order(8, 4, 0, cw)) for cw in (True, False)
+        }
+    by_heading = {h: {tubelet_pairs(path_order(8, 8, h, cw)) for cw in (True, False)}
+                  for h in range(8)}  # fmt: skip
+    assert all(len(sets) == 1 for sets in by_heading.values())  # the turn does not show
+    assert by_heading[0] == by_heading[2] == by_heading[4] == by_heading[6]
+    assert by_heading[1] == by_heading[3] == by_heading[5] == by_heading[7] != by_heading[0]
+
+
 def centroids(clips: np.ndarray) -> np.ndarray:
     """``[N, T, 2]`` intensity-weighted (x, y) centre of each frame."""
     g = clips.astype(np.float64).mean(-1)
