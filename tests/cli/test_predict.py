@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .test_tasks import cli, trained  # noqa: F401  (trained is a fixture)
+from ..runs import cli_in_process as cli
+from .test_tasks import trained  # noqa: F401  (trained is a fixture)
 
 
 def test_predict_takes_a_folder_and_all_tasks(trained, capsys):  # noqa: F811
