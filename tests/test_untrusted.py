@@ -25,7 +25,7 @@ import adaptformer as af
 from adaptformer.cli import main
 
 from .helpers import randomize_, tiny_vit
-from .runs import make_checkpoint, make_image_folder, train_args
+from .runs import cli_in_process, make_checkpoint, make_image_folder, train_args
 
 CONFIG, WEIGHTS, CHECKPOINT = "adapter_config.json", "adapter_model.safetensors", "checkpoint.pt"
 WRONG = [None, "2", "", [], {}, -1, 0, 10**9, 10**18, float("nan"), float("inf"), True, 1.5, [1]]
@@ -131,9 +131,8 @@ def one_line_exit_2(code: int, err: str) -> bool:
 
 
 def run_cli(capsys, *argv: Any) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
+    code, _, err = cli_in_process(capsys, *argv)
+    return code, err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -14,7 +14,8 @@ import adaptformer as af
 from adaptformer.cli import main
 
 from ..helpers import tiny_hf
-from ..runs import cli_in_process, make_image_folder
+from ..runs import cli_in_process as cli
+from ..runs import make_image_folder
 
 pytest.importorskip("transformers", reason="transformers not installed ('.[hf]')")
 
@@ -49,7 +50,7 @@ def test_train_records_the_hf_backbone_and_eval_reproduces(trained, capsys):
     assert info["backbone"]["architecture"] == "hf-dinov2"
     assert info["metadata"]["model"] == f"hf:{root / 'dinov2'}"
     assert info["metadata"]["mean"] == [0.485, 0.456, 0.406]
-    code, _, _ = cli_in_process(capsys, "eval", "--run", str(runs["a"]), "--workers", "0")
+    code, _, _ = cli(capsys, "eval", "--run", str(runs["a"]), "--workers", "0")
     summary = json.loads((runs["a"] / "summary.json").read_text())
     assert code == 0
     assert json.loads((runs["a"] / "eval.json").read_text())["test_top1"] == summary["test_top1"]
@@ -59,21 +60,21 @@ def test_tasks_predict_export_and_serve(trained, capsys):
     root, data, runs = trained
     reg = str(root / "registry")
     for name, run in runs.items():
-        assert cli_in_process(capsys, "tasks", "add", name, str(run), "--registry", reg)[0] == 0
+        assert cli(capsys, "tasks", "add", name, str(run), "--registry", reg)[0] == 0
     files = [str(data / "test" / "class_0" / "000.png"), str(data / "test" / "class_2" / "001.png")]
-    code, out, _ = cli_in_process(capsys, "predict", "--tasks", "a,b", "--registry", reg, "--json",
+    code, out, _ = cli(capsys, "predict", "--tasks", "a,b", "--registry", reg, "--json",
                        "--top-k", "3", *files)  # fmt: skip
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     for name, run in runs.items():  # each task answers as its own run does, alone
-        code, out, _ = cli_in_process(capsys, "predict", "--run", str(run), "--json", "--top-k", "3", *files)
+        code, out, _ = cli(capsys, "predict", "--run", str(run), "--json", "--top-k", "3", *files)
         alone = [json.loads(line)["top"] for line in out.splitlines()]
         for r, top in zip(rows, alone, strict=True):
             assert [p for _, p in r["tasks"][name]] == pytest.approx([p for _, p in top], abs=2e-4)
 
     verifiable = importlib.util.find_spec("onnxruntime") is not None  # ONNX checks need it
     for fmt in ("onnx", "torchscript") if verifiable else ("torchscript",):
-        code, out, _ = cli_in_process(capsys, "export", "--tasks", "a,b", "--registry", reg, "--format",
+        code, out, _ = cli(capsys, "export", "--tasks", "a,b", "--registry", reg, "--format",
                            fmt, "--out", str(root / f"ab.{fmt}"))  # fmt: skip
         report = json.loads(out)
         assert code == 0 and report["max_abs_error"] <= 1e-4

@@ -9,7 +9,8 @@ import pytest
 
 from adaptformer.cli import main
 
-from ..runs import cli_in_process, make_checkpoint, make_image_folder, train_args
+from ..runs import cli_in_process as cli
+from ..runs import make_checkpoint, make_image_folder, train_args
 
 FAST = ("--epochs", "1", "--warmup-epochs", "0", "--max-steps-per-epoch", "2")
 
@@ -32,13 +33,13 @@ def test_registry_predict_and_export(trained, capsys):
     root, data, runs = trained
     reg = str(root / "registry")
     for name, run in runs.items():
-        code, out, _ = cli_in_process(capsys, "tasks", "add", name, str(run), "--registry", reg)
+        code, out, _ = cli(capsys, "tasks", "add", name, str(run), "--registry", reg)
         assert code == 0 and f"added task {name}" in out
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", reg, "--json")
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", reg, "--json")
     listing = json.loads(out)
     assert [t["name"] for t in listing["tasks"]] == ["a", "b"]
     assert [t["method"] for t in listing["tasks"]] == ["adaptformer", "lora"]
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", reg)
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", reg)
     assert "vit_tiny_patch16_224" in out and "lora" in out
 
     files = [
@@ -46,7 +47,7 @@ def test_registry_predict_and_export(trained, capsys):
         str(data / "test" / "class_2" / "001.png"),
         str(data / "test" / "class_1" / "000.png"),
     ]
-    code, out, _ = cli_in_process(
+    code, out, _ = cli(
         capsys,
         "predict",
         "--tasks",
@@ -64,7 +65,7 @@ def test_registry_predict_and_export(trained, capsys):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["file"] for r in rows] == files and all(set(r["tasks"]) == {"a", "b"} for r in rows)
     for name, run in runs.items():  # each task answers as its own run does, alone
-        code, out, _ = cli_in_process(capsys, "predict", "--run", str(run), "--json", "--top-k", "3", *files)
+        code, out, _ = cli(capsys, "predict", "--run", str(run), "--json", "--top-k", "3", *files)
         alone = [json.loads(line)["top"] for line in out.splitlines()]
         for r, top in zip(rows, alone, strict=True):
             assert [c for c, _ in r["tasks"][name]] == [c for c, _ in top]
@@ -72,7 +73,7 @@ def test_registry_predict_and_export(trained, capsys):
 
     pytest.importorskip("onnxruntime")
     out_file = root / "ab.onnx"
-    code, out, _ = cli_in_process(
+    code, out, _ = cli(
         capsys,
         "export",
         "--tasks",
@@ -91,7 +92,7 @@ def test_registry_predict_and_export(trained, capsys):
 
 def test_export_a_run_to_torchscript(trained, capsys):
     _, _, runs = trained
-    code, out, _ = cli_in_process(capsys, "export", "--run", str(runs["a"]), "--format", "torchscript")
+    code, out, _ = cli(capsys, "export", "--run", str(runs["a"]), "--format", "torchscript")
     report = json.loads(out)
     assert code == 0 and report["max_abs_error"] <= 1e-4
     assert report["path"].endswith("model.pt") and report["num_classes"] == [3]
@@ -100,19 +101,19 @@ def test_export_a_run_to_torchscript(trained, capsys):
 def test_foreign_backbone_and_remove(trained, capsys):
     root, _, runs = trained
     reg = str(root / "registry2")
-    assert cli_in_process(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", reg)[0] == 0
+    assert cli(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", reg)[0] == 0
     foreign = root / "foreign"
     shutil.copytree(runs["b"], foreign)
     config = json.loads((foreign / "adapter_config.json").read_text())
     config["metadata"]["backbone_sha256"] = "0" * 64  # as if trained on other weights
     (foreign / "adapter_config.json").write_text(json.dumps(config))
-    code, _, err = cli_in_process(capsys, "tasks", "add", "x", str(foreign), "--registry", reg)
+    code, _, err = cli(capsys, "tasks", "add", "x", str(foreign), "--registry", reg)
     assert code == 2 and "refusing" in err and "000000000000" in err
-    code, out, _ = cli_in_process(capsys, "tasks", "remove", "a", "--registry", reg)
+    code, out, _ = cli(capsys, "tasks", "remove", "a", "--registry", reg)
     assert code == 0 and "removed task a" in out
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", reg)
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", reg)
     assert "no tasks" in out
-    code, _, err = cli_in_process(capsys, "predict", "--tasks", "a", "--registry", reg, "x.png")
+    code, _, err = cli(capsys, "predict", "--tasks", "a", "--registry", reg, "x.png")
     assert code == 2 and "is empty" in err
 
 
@@ -156,13 +157,13 @@ def test_tasks_add_checks_what_loading_checks(trained, capsys, edit, match):
 
     root, _, runs = trained
     reg = root / f"registry_{edit.__name__}"
-    assert cli_in_process(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", str(reg))[0] == 0
+    assert cli(capsys, "tasks", "add", "a", str(runs["a"]), "--registry", str(reg))[0] == 0
     index = (reg / "registry.json").read_bytes()
     bad = _edited_run(root, runs["a"], f"bad{edit.__name__}", edit)
-    code, out, err = cli_in_process(capsys, "tasks", "add", "bad", str(bad), "--registry", str(reg))
+    code, out, err = cli(capsys, "tasks", "add", "bad", str(bad), "--registry", str(reg))
     assert code == 2 and re.search(match, err) and len(err.strip().splitlines()) == 1
     assert (reg / "registry.json").read_bytes() == index and not (reg / "bad").exists()
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", str(reg), "--json")
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
     assert [t["name"] for t in json.loads(out)["tasks"]] == ["a"]
 
 
@@ -170,10 +171,10 @@ def test_tasks_list_shows_a_broken_task_instead_of_failing(trained, capsys):
     root, _, runs = trained
     reg = root / "registry_broken"
     for name, run in runs.items():
-        assert cli_in_process(capsys, "tasks", "add", name, str(run), "--registry", str(reg))[0] == 0
+        assert cli(capsys, "tasks", "add", name, str(run), "--registry", str(reg))[0] == 0
     (reg / "a" / "adapter_config.json").write_text("{")
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", str(reg))
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg))
     assert code == 0 and "BROKEN" in out and "not valid JSON" in out and "lora" in out
-    code, out, _ = cli_in_process(capsys, "tasks", "list", "--registry", str(reg), "--json")
+    code, out, _ = cli(capsys, "tasks", "list", "--registry", str(reg), "--json")
     rows = {t["name"]: t for t in json.loads(out)["tasks"]}
     assert rows["a"]["problem"] and not rows["b"]["problem"]
